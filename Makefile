@@ -1,0 +1,42 @@
+# The README's two commands: `make report` and `make test`. Each sets up .venv by itself on a fresh machine
+# (Python 3.11 and pip are all it needs), then runs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# torch is installed first and pinned: pip meeting an unpinned torch first pulls a multi-GB CUDA build
+TORCH  ?= torch==2.13.0
+ARGS   ?=
+
+.PHONY: setup report test browser lab bench
+
+setup: $(BIN)/.installed
+
+$(BIN)/.installed: setup.py settings.ini pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name aiprod --display-name "Python (aiprod)" >/dev/null
+	touch $@
+
+# the default experiment: digits -> CNN -> evaluation -> reports/<run-id>/report.html (ARGS="-p epochs 3" etc.)
+report: setup
+	$(BIN)/aiprod run $(ARGS)
+
+# every test: the notebooks' own (nbdev_test, slow cells included) and the end-to-end tests in tests/
+test: setup browser
+	$(BIN)/nbdev_test --flags slow --n_workers 2
+	$(BIN)/pytest -q
+
+# headless Chromium for the browser tests (Debian's package; needs root and apt-get, else those tests skip)
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "no chromium: the browser tests will be skipped"
+
+# JupyterLab on nbs/ with the project's kernel ("Python (aiprod)")
+lab: setup
+	$(BIN)/python -m pip install -q jupyterlab
+	$(BIN)/jupyter lab nbs/
+
+bench: setup
+	$(BIN)/python bench/report_overhead.py

@@ -1,0 +1,23 @@
+"""The shipped template runs under the plain papermill CLI, with no aiprod wrapper."""
+import json
+
+from aiprod.report import find_template
+from conftest import run_cli
+
+
+def test_help_notebook_documents_parameters():
+    done = run_cli("papermill", "--help-notebook", find_template("image_classification"))
+    assert done.returncode == 0
+    assert "epochs: int (default 10)" in done.stdout and "passes over the training set" in done.stdout
+
+
+def test_template_runs_under_papermill(tmp_path):
+    template = find_template("image_classification")
+    done = run_cli("papermill", template, tmp_path / "out.ipynb", "-p", "epochs", "2", "-p", "seed", "3",
+                   "--cwd", tmp_path, "--no-progress-bar")
+    assert done.returncode == 0, done.stderr
+    notebook = json.loads((tmp_path / "out.ipynb").read_text())
+    assert notebook["metadata"]["papermill"]["parameters"] == {"epochs": 2, "seed": 3}
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["training"]["epochs_run"] == 2 and record["metrics"]["test_accuracy"] > 0.5
+    assert (tmp_path / "model.safetensors").stat().st_size > 0 and (tmp_path / "history.csv").exists()
