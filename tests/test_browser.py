@@ -25,7 +25,7 @@ def test_report_opens_offline_with_code_hidden(browser, default_run):
     page.goto((run_dir / "report.html").as_uri())
     assert all(url.startswith(("file:", "data:")) for url in requests), requests   # no server, no CDN
     header = page.locator(".aiprod-header")
-    assert header.is_visible() and "SUCCEEDED" in header.inner_text() and "test_accuracy" in header.inner_text()
+    assert header.is_visible() and "SUCCEEDED" in header.inner_text() and "test accuracy" in header.inner_text()
     assert page.evaluate("[...document.images].length") >= 5
     assert page.evaluate("[...document.images].every(image => image.complete && image.naturalWidth > 0)")
     code = page.locator(".jp-CodeCell .jp-Cell-inputWrapper").nth(2)

@@ -57,7 +57,7 @@ def test_report_is_readable_and_self_contained(default_run):
     _, run_dir, _ = default_run
     page = (run_dir / "report.html").read_text()
     assert "aiprod-SUCCEEDED" in page and "Image classification report" in page
-    assert "test_accuracy" in page and "Test accuracy:" in page
+    assert "<b>0.99" in page and "test accuracy" in page and "Test accuracy:" in page
     headings = [page.index(f'id="{section}"') for section in ("Data", "Model", "Training", "Evaluation")]
     assert headings == sorted(headings)
     assert page.count("data:image/png;base64") >= 5        # balance, samples, curves, confusion matrix, errors
