@@ -47,6 +47,15 @@ def test_failing_cell_gives_failed_report(tmp_path, fixtures):
     assert "FAILED" in (tmp_path / "reports" / "index.html").read_text()
 
 
+def test_dead_kernel_gives_failed_report(tmp_path, fixtures):
+    done = run_cli("aiprod", "run", "--quiet", fixtures / "kernel_dies.ipynb", cwd=tmp_path)
+    assert done.returncode == 1 and "DeadKernelError" in done.stderr
+    run_dir = next((tmp_path / "reports").glob("*-kernel_dies-*"))
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "FAILED"
+    page = (run_dir / "report.html").read_text()
+    assert "aiprod-FAILED" in page and "Kernel died" in page and "still alive" in page
+
+
 def test_unknown_data_set_fails_inside_run_with_clear_message(tmp_path):
     done = run_cli("aiprod", "run", "--quiet", "-p", "dataset", "mnits", cwd=tmp_path)
     assert done.returncode == 1
