@@ -3,7 +3,8 @@ import csv, json, re
 
 import yaml
 
-from aiprod.data import batches, load_dataset, stratified_split
+from aiprod.data import batches, split_data
+from aiprod.datasets import load_dataset
 from aiprod.report import list_runs
 from aiprod.training import load_model, read_weights
 from conftest import run_cli
@@ -46,7 +47,9 @@ def test_history_and_weights_reload(default_run):
     model = load_model(run_dir / "model.safetensors")
     metadata = read_weights(run_dir / "model.safetensors")[1]
     assert metadata["data_fingerprint"] == record["data"]["fingerprint"] and metadata["model"] == "cnn"
-    test = stratified_split(load_dataset("digits"), seed=0)["test"]
+    test = split_data(load_dataset("digits"), seed=0)["test"]
+    stats = metadata["normalization"]        # the training split's statistics travel with the weights
+    test.x = ((test.x - stats["mean"][0]) / stats["std"][0]).astype("float32")
     import torch
     with torch.no_grad():
         predictions = torch.cat([model(xb).argmax(1) for xb, _ in batches(test, bs=512)])
