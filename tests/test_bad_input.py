@@ -59,7 +59,7 @@ def test_dead_kernel_gives_failed_report(tmp_path, fixtures):
 def test_unknown_data_set_fails_inside_run_with_clear_message(tmp_path):
     done = run_cli("aiprod", "run", "--quiet", "-p", "dataset", "mnits", cwd=tmp_path)
     assert done.returncode == 1
-    assert "unknown data set 'mnits'; known data sets: digits" in done.stderr, done.stderr
+    assert "unknown data set 'mnits'; known data sets: audiofolder, digits, fsdd" in done.stderr, done.stderr
     run_dir = next((tmp_path / "reports").glob("*-image_classification-*"))
     assert "unknown data set" in (run_dir / "report.html").read_text()
     assert not (run_dir / "model.safetensors").exists()
