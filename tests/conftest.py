@@ -1,10 +1,14 @@
 """Shared fixtures: the `aiprod` command of this environment and one default run, made once per session."""
-import subprocess, sys
+import os, subprocess, sys, tempfile
 from pathlib import Path
 
 import pytest
 
 BIN = Path(sys.executable).parent
+SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"  # the project's local copies of real data (MANIFEST.md)
+# No test downloads: named data sets come from the local copies, and nothing is cached in the user's home.
+os.environ.setdefault("AIPROD_DATA_DIR", str(SHARED_DATA))
+os.environ["AIPROD_CACHE_DIR"] = tempfile.mkdtemp(prefix="aiprod-test-cache-")
 
 
 def run_cli(*args, cwd=None, timeout=300):
