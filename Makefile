@@ -40,3 +40,4 @@ lab: setup
 
 bench: setup
 	$(BIN)/python bench/report_overhead.py
+	$(BIN)/python bench/data_pipeline.py
