@@ -41,3 +41,4 @@ lab: setup
 bench: setup
 	$(BIN)/python bench/report_overhead.py
 	$(BIN)/python bench/data_pipeline.py
+	$(BIN)/python bench/training_throughput.py

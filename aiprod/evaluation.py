@@ -5,17 +5,20 @@
 # %% ../nbs/04_evaluation.ipynb #9e55cdc5
 from __future__ import annotations
 import math
+import re
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import accuracy_score, confusion_matrix as sklearn_confusion_matrix
-from sklearn.metrics import precision_recall_fscore_support
+from sklearn.metrics import average_precision_score, precision_recall_curve, precision_recall_fscore_support
+from sklearn.metrics import roc_auc_score, roc_curve
 
 # %% auto #0
-__all__ = ['classification_metrics', 'metrics_table', 'plot_learning_curves', 'plot_confusion_matrix', 'worst_errors',
-           'plot_misclassified']
+__all__ = ['classification_metrics', 'metrics_table', 'calibration_bins', 'probability_metrics', 'metrics_summary',
+           'plot_learning_curves', 'plot_confusion_matrix', 'plot_roc_pr', 'plot_reliability', 'worst_errors',
+           'plot_misclassified', 'worst_text_errors']
 
 # %% ../nbs/04_evaluation.ipynb #f10f16d4
 def _check_same_length(y_true, other, name: str = "y_pred"):
@@ -52,6 +55,81 @@ def metrics_table(
     rows.append(f"| **macro average** | {metrics['precision_macro']:.3f} | {metrics['recall_macro']:.3f} "
                 f"| {metrics['f1_macro']:.3f} | {total} |")
     return "\n".join(rows)
+
+# %% ../nbs/04_evaluation.ipynb #d89fdbd1
+def _probability_matrix(y_true, probs, classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    "Checked integer labels and an `(n, classes)` probability array; 1-D `probs` is the probability of class 1."
+    y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=float)
+    if probs.ndim == 1: probs = np.stack([1 - probs, probs], axis=1)
+    if probs.ndim != 2: raise ValueError(f"probs must have shape (n, classes) or (n,), got {probs.shape}")
+    _check_same_length(y_true, probs, "probs")
+    if classes is not None and probs.shape[1] != len(classes):
+        raise ValueError(f"probs has {probs.shape[1]} columns but there are {len(classes)} classes")
+    if y_true.min() < 0 or y_true.max() >= probs.shape[1]:
+        raise ValueError(f"y_true holds class indices outside 0..{probs.shape[1] - 1}, the columns of probs")
+    return y_true.astype(int), probs
+
+# %% ../nbs/04_evaluation.ipynb #6496521f
+def _mean_or_none(totals: np.ndarray, counts: np.ndarray) -> list[float | None]:
+    "`totals / counts` per bin as floats, `None` where a bin is empty."
+    return [float(total / count) if count else None for total, count in zip(totals, counts)]
+
+# %% ../nbs/04_evaluation.ipynb #5817ce50
+def calibration_bins(
+    y_true,  # true class index of each item, shape (n,)
+    probs,  # predicted class probabilities, shape (n, classes)
+    n_bins: int = 15,  # equal-width confidence bins between 0 and 1
+) -> dict:
+    "Per confidence bin: edges, mean confidence, accuracy and count, plus the expected calibration error (`ece`)."
+    if n_bins < 1: raise ValueError(f"n_bins must be at least 1, got {n_bins}")
+    y_true, probs = _probability_matrix(y_true, probs)
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y_true
+    edges = np.linspace(0, 1, n_bins + 1)
+    bin_index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
+    counts = np.bincount(bin_index, minlength=n_bins)
+    confidence_sums = np.bincount(bin_index, confidence, minlength=n_bins)
+    correct_sums = np.bincount(bin_index, correct, minlength=n_bins)
+    return {"edges": edges.tolist(), "confidence": _mean_or_none(confidence_sums, counts),
+            "accuracy": _mean_or_none(correct_sums, counts), "count": counts.tolist(),
+            "ece": float(np.abs(correct_sums - confidence_sums).sum() / len(y_true))}  # sum of (n_bin/n)·|gap|
+
+# %% ../nbs/04_evaluation.ipynb #91df2a01
+def _ranking_scores(y_true: np.ndarray, positive_probs: np.ndarray) -> dict:
+    "ROC AUC and average precision of the positive class, `None` when `y_true` holds a single class."
+    if len(np.unique(y_true)) < 2: return {"roc_auc": None, "average_precision": None}
+    return {"roc_auc": float(roc_auc_score(y_true, positive_probs)),
+            "average_precision": float(average_precision_score(y_true, positive_probs))}
+
+# %% ../nbs/04_evaluation.ipynb #3069e459
+def probability_metrics(
+    y_true,  # true class index of each item, shape (n,)
+    probs,  # predicted class probabilities, shape (n, classes); for two classes also (n,), the probability of class 1
+    classes: list[str],  # class names, in class-index order
+) -> dict:
+    "Expected calibration error and log loss; for two classes also ROC AUC and average precision of class 1."
+    y_true, probs = _probability_matrix(y_true, probs, classes)
+    true_class_probs = probs[np.arange(len(y_true)), y_true]
+    metrics = {"ece": calibration_bins(y_true, probs)["ece"],
+               "log_loss": float(-np.log(np.clip(true_class_probs, 1e-15, 1)).mean())}
+    if len(classes) == 2: metrics |= {"positive_class": classes[1], **_ranking_scores(y_true, probs[:, 1])}
+    return metrics
+
+# %% ../nbs/04_evaluation.ipynb #171f3f76
+def metrics_summary(
+    metrics: dict,  # `classification_metrics`, optionally merged with `probability_metrics`
+) -> str:
+    "A short plain-language Markdown paragraph on accuracy, macro F1 and, when present, ROC AUC and calibration."
+    sentences = [f"The model is right for **{metrics['accuracy']:.1%}** of the test items (accuracy).",
+                 f"Its macro F1 is **{metrics['f1_macro']:.3f}** on a scale from 0 to 1: the balance of precision and "
+                 "recall, averaged over the classes with equal weight, so a rare class the model gets wrong pulls it down."]
+    if metrics.get("roc_auc") is not None:
+        sentences.append(f"ROC AUC is **{metrics['roc_auc']:.3f}**: the chance that a random \"{metrics['positive_class']}\" "
+                         "item gets a higher score than a random other item (0.5 is guessing, 1 is perfect).")
+    if metrics.get("ece") is not None:
+        sentences.append(f"The expected calibration error is **{metrics['ece']:.3f}**: the model's confidence is off by "
+                         f"{100 * metrics['ece']:.1f} percentage points on average from how often it is right "
+                         "(0 means its confidence can be taken at face value).")
+    return " ".join(sentences)
 
 # %% ../nbs/04_evaluation.ipynb #87093d75
 def _plot_series(axis, history: list[dict], key: str, label: str):
@@ -103,6 +181,55 @@ def plot_confusion_matrix(
     axis.set(xticks=ticks, yticks=ticks, xticklabels=classes, yticklabels=classes, xlabel="Predicted", ylabel="True",
              title="Confusion matrix" + (" (share of each true class)" if normalize else " (counts)"))
     plt.setp(axis.get_xticklabels(), rotation=45, ha="right")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+# %% ../nbs/04_evaluation.ipynb #88da7a09
+def plot_roc_pr(
+    y_true,  # true class index of each item, shape (n,)
+    probs,  # predicted class probabilities, shape (n, 2), or (n,) for the probability of class 1
+    classes: list[str],  # the two class names; index 1 is the positive class
+) -> Figure:
+    "ROC curve and precision-recall curve of the positive class of a binary task, side by side."
+    if len(classes) != 2: raise ValueError(f"ROC and precision-recall curves need 2 classes, got {len(classes)}: {classes}")
+    y_true, probs = _probability_matrix(y_true, probs, classes)
+    if len(np.unique(y_true)) < 2: raise ValueError("ROC and precision-recall curves need both classes in y_true")
+    scores, scored = probs[:, 1], _ranking_scores(y_true, probs[:, 1])
+    fig, (roc_axis, pr_axis) = plt.subplots(1, 2, figsize=(9, 3.8))
+    false_positive_rate, true_positive_rate, _ = roc_curve(y_true, scores)
+    roc_axis.plot(false_positive_rate, true_positive_rate, label=f"model (AUC = {scored['roc_auc']:.3f})")
+    roc_axis.plot([0, 1], [0, 1], linestyle="--", color="gray", label="guessing (AUC = 0.5)")
+    roc_axis.set(title=f"ROC curve ({classes[1]} is positive)", xlabel="False positive rate", ylabel="True positive rate")
+    precision, recall, _ = precision_recall_curve(y_true, scores)
+    pr_axis.plot(recall, precision, drawstyle="steps-post", label=f"model (AP = {scored['average_precision']:.3f})")
+    pr_axis.axhline(y_true.mean(), linestyle="--", color="gray", label=f"guessing (AP = {y_true.mean():.3f})")
+    pr_axis.set(title=f"Precision-recall ({classes[1]} is positive)", xlabel="Recall", ylabel="Precision")
+    roc_axis.legend(loc="lower right", fontsize=8)
+    pr_axis.legend(loc="lower left", fontsize=8)
+    for axis in (roc_axis, pr_axis): axis.set(xlim=(0, 1), ylim=(0, 1.02))
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+# %% ../nbs/04_evaluation.ipynb #aedbed68
+def plot_reliability(
+    y_true,  # true class index of each item, shape (n,)
+    probs,  # predicted class probabilities, shape (n, classes)
+    n_bins: int = 15,  # equal-width confidence bins between 0 and 1
+) -> Figure:
+    "Accuracy against confidence per bin, with the diagonal of perfect calibration and the item count per bin."
+    bins = calibration_bins(y_true, probs, n_bins)
+    lows, widths = np.array(bins["edges"][:-1]), np.diff(bins["edges"])
+    fig, (accuracy_axis, count_axis) = plt.subplots(2, 1, figsize=(4.5, 5), sharex=True,
+                                                    gridspec_kw={"height_ratios": [3, 1]})
+    accuracy = [value or 0.0 for value in bins["accuracy"]]  # an empty bin has no bar
+    accuracy_axis.bar(lows, accuracy, width=widths, align="edge", edgecolor="black", label="accuracy in bin")
+    accuracy_axis.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
+    accuracy_axis.set(title=f"Reliability (ECE = {bins['ece']:.3f})", ylabel="Accuracy", xlim=(0, 1), ylim=(0, 1))
+    accuracy_axis.legend(loc="upper left", fontsize=8)
+    count_axis.bar(lows, bins["count"], width=widths, align="edge", color="gray", edgecolor="black")
+    count_axis.set(xlabel="Confidence (probability of the predicted class)", ylabel="Items")
     fig.tight_layout()
     plt.close(fig)
     return fig
@@ -163,3 +290,33 @@ def plot_misclassified(
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+# %% ../nbs/04_evaluation.ipynb #349aeab1
+def _markdown_cell(
+    text,  # any value; it is shown with `str`
+    limit: int | None = None,  # cut to at most this many characters, ending in "…"
+) -> str:
+    "`text` on one line, cut to `limit` characters, with Markdown's special characters backslash-escaped."
+    text = " ".join(str(text).split())
+    if limit and len(text) > limit: text = text[:limit - 1].rstrip() + "…"
+    return re.sub(r"([\\`*_\[\]<>|#~&])", r"\\\1", text)
+
+# %% ../nbs/04_evaluation.ipynb #4db26fe0
+def worst_text_errors(
+    texts,  # the text of each item, shape (n,)
+    y_true,  # true class index of each item, shape (n,)
+    probs,  # predicted class probabilities, shape (n, classes)
+    classes: list[str],  # class names, in class-index order
+    k: int = 10,  # list at most this many texts
+) -> str:
+    "A Markdown table of the most confident misclassified texts with their true and predicted class."
+    y_true, probs = _probability_matrix(y_true, probs, classes)
+    _check_same_length(y_true, texts, "texts")
+    indices = worst_errors(y_true, probs, k)
+    if len(indices) == 0: return "No misclassified examples."
+    rows = ["| text | true | predicted | probability |", "|:--|:--|:--|--:|"]
+    for index in indices:
+        predicted = probs[index].argmax()
+        rows.append(f"| {_markdown_cell(texts[index], 160)} | {_markdown_cell(classes[y_true[index]])} "
+                    f"| {_markdown_cell(classes[predicted])} | {probs[index, predicted]:.3f} |")
+    return "\n".join(rows)

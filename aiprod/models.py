@@ -11,7 +11,8 @@ from torch import nn
 from .core import Registry, config_from
 
 # %% auto #0
-__all__ = ['models', 'CNNConfig', 'CNN', 'build_model', 'count_parameters', 'describe_model']
+__all__ = ['models', 'CNNConfig', 'CNN', 'MLPConfig', 'MLP', 'count_parameters', 'lengths_from_mask', 'last_hidden_states',
+           'LSTMConfig', 'LSTM', 'AudioLSTMConfig', 'AudioLSTM', 'build_model', 'describe_model']
 
 # %% ../nbs/02_models.ipynb #0f9f026d
 @dataclass
@@ -44,18 +45,116 @@ class CNN(nn.Module):
     def forward(self, x):  # x: (batch, channels, height, width) -> logits (batch, num_classes)
         return self.head(self.features(x))
 
-# %% ../nbs/02_models.ipynb #bb667c70
+# %% ../nbs/02_models.ipynb #3a078e24
+@dataclass
+class MLPConfig:
+    in_features: int                # size of one flattened input: c * h * w for images
+    num_classes: int = 10
+    units: tuple[int, ...] = (256,) # width of each hidden layer; () is logistic regression
+    dropout: float = 0.2            # after each hidden layer
+
+class MLP(nn.Module):
+    "Flatten, then hidden linear layers with ReLU and dropout, then a linear classifier."
+    config_class = MLPConfig
+    def __init__(self, config: MLPConfig):
+        super().__init__()
+        self.config = config
+        widths, layers = (config.in_features, *config.units), [nn.Flatten()]
+        for a, b in zip(widths, widths[1:]): layers += [nn.Linear(a, b), nn.ReLU(inplace=True), nn.Dropout(config.dropout)]
+        self.layers = nn.Sequential(*layers, nn.Linear(widths[-1], config.num_classes))
+
+    def forward(self, x):  # x: (batch, ...) with in_features values per item -> logits (batch, num_classes)
+        return self.layers(x)
+
+# %% ../nbs/02_models.ipynb #7579996d
+def count_parameters(model: nn.Module) -> int:
+    "Number of trainable parameters."
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+# %% ../nbs/02_models.ipynb #9a5770c1
+def lengths_from_mask(
+    real: torch.Tensor, # (batch, seq) bool, True where a step holds data
+) -> torch.Tensor:
+    "Steps up to and including the last real one, at least 1, (batch,) int64 on the CPU (as packing needs)."
+    positions = torch.arange(1, real.shape[1] + 1, device=real.device)  # (seq,) 1-based
+    return (real * positions).amax(dim=1).clamp(min=1).cpu()
+
+# %% ../nbs/02_models.ipynb #fea204a1
+def last_hidden_states(
+    lstm: nn.LSTM,          # built with batch_first=True
+    x: torch.Tensor,        # (batch, seq, features) padded at the end
+    lengths: torch.Tensor,  # (batch,) int64 on the CPU, real steps per item
+) -> torch.Tensor:
+    "Final hidden state of each direction of the top layer, concatenated, (batch, directions * hidden_size)."
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    _, (hidden, _) = lstm(packed)  # (layers * directions, batch, hidden_size), back in the batch's order
+    directions = 2 if lstm.bidirectional else 1
+    return torch.cat(list(hidden[-directions:]), dim=1)
+
+# %% ../nbs/02_models.ipynb #a3acc62f
+@dataclass
+class LSTMConfig:
+    vocab_size: int             # ids run from 0 to vocab_size - 1; len(vocab)
+    num_classes: int = 2
+    embedding_dim: int = 128    # size of each token's vector
+    units: int = 128            # hidden size of each direction
+    layers: int = 1             # stacked LSTM layers
+    bidirectional: bool = True  # also read each text from the end
+    dropout: float = 0.3        # before the classifier, and between LSTM layers
+    padding_idx: int = 0        # the id of <pad>: never trained, and not read
+
+class LSTM(nn.Module):
+    "Text classifier: embedding, (bi)LSTM over the real tokens, last hidden states, dropout and a linear layer."
+    config_class = LSTMConfig
+    def __init__(self, config: LSTMConfig):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim, padding_idx=config.padding_idx)
+        self.lstm = nn.LSTM(config.embedding_dim, config.units, config.layers, batch_first=True,
+                            bidirectional=config.bidirectional, dropout=config.dropout if config.layers > 1 else 0.0)
+        self.head = nn.Sequential(nn.Dropout(config.dropout),
+                                  nn.Linear(config.units * (2 if config.bidirectional else 1), config.num_classes))
+
+    def forward(self, x):  # x: (batch, seq) int64 token ids -> logits (batch, num_classes)
+        lengths = lengths_from_mask(x != self.config.padding_idx)
+        return self.head(last_hidden_states(self.lstm, self.embedding(x), lengths))  # via (batch, seq, embedding_dim)
+
+# %% ../nbs/02_models.ipynb #f2aea9ce
+@dataclass
+class AudioLSTMConfig:
+    n_features: int             # values per frame: n_mels or n_mfcc
+    num_classes: int = 10
+    units: int = 128            # hidden size of each direction
+    layers: int = 2             # stacked LSTM layers
+    bidirectional: bool = True  # also read each recording from the end
+    dropout: float = 0.3        # before the classifier, and between LSTM layers
+
+class AudioLSTM(nn.Module):
+    "Sequence classifier over feature frames: (bi)LSTM over the real frames, last hidden states, dropout and a linear layer."
+    config_class = AudioLSTMConfig
+    def __init__(self, config: AudioLSTMConfig):
+        super().__init__()
+        self.config = config
+        self.lstm = nn.LSTM(config.n_features, config.units, config.layers, batch_first=True,
+                            bidirectional=config.bidirectional, dropout=config.dropout if config.layers > 1 else 0.0)
+        self.head = nn.Sequential(nn.Dropout(config.dropout),
+                                  nn.Linear(config.units * (2 if config.bidirectional else 1), config.num_classes))
+
+    def forward(self, x):  # x: (batch, frames, n_features) float32 -> logits (batch, num_classes)
+        lengths = lengths_from_mask((x != 0).any(dim=2))
+        return self.head(last_hidden_states(self.lstm, x, lengths))
+
+# %% ../nbs/02_models.ipynb #a7526eae
 models = Registry("model")
 models.register("cnn")(CNN)
+models.register("mlp")(MLP)
+models.register("lstm")(LSTM)
+models.register("audio_lstm")(AudioLSTM)
 
 def build_model(name: str, **config) -> nn.Module:
     "The registered model `name`, built from its config fields in `config`."
     cls = models[name]
     return cls(config_from(cls.config_class, config))
-
-def count_parameters(model: nn.Module) -> int:
-    "Number of trainable parameters."
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 def describe_model(model: nn.Module) -> dict:
     "Architecture name, config and size, for reports and checkpoints."

@@ -1,0 +1,27 @@
+"""Smoke runs of the text and audio templates on real data (tiny limit, few epochs), as CI can afford."""
+import json
+
+import pytest
+
+from conftest import run_cli
+
+
+@pytest.mark.parametrize("template, dataset, extra, expected, figures", [
+    ("text_classification", "sst2", ["-p", "limit", "600", "-p", "epochs", "2"],
+     ["most confidence", "Word vocabulary", "well-calibrated"], 5),  # balance, curves, confusion, ROC/PR, reliability
+    ("audio_classification", "fsdd", ["-p", "limit", "300", "-p", "epochs", "3", "-p", "units", "32"],
+     ["Features: logmel at 8,000 Hz", "well-calibrated"], 7),  # + lengths, spectrograms, misclassified
+])
+def test_template_smoke_run(tmp_path, template, dataset, extra, expected, figures):
+    done = run_cli("aiprod", "run", template, "--quiet", "-p", "dataset", dataset, *extra, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = [p for p in (tmp_path / "reports").iterdir() if p.is_dir()]
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "SUCCEEDED" and record["data"]["name"] == dataset
+    assert 0 <= record["metrics"]["test_accuracy"] <= 1 and 0 <= record["metrics"]["test_ece"] <= 1
+    assert record["evaluation"]["log_loss"] > 0 and (run_dir / "model.safetensors").exists()
+    page = (run_dir / "report.html").read_text()
+    for text in expected: assert text in page, text
+    assert page.count("data:image/png;base64") >= figures
+    if template == "text_classification":
+        assert 0.5 <= record["metrics"]["test_roc_auc"] <= 1 and (run_dir / "vocab.json").exists()
