@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("AIPROD_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 
-MNIST = ["-p", "dataset", "mnist", "-p", "epochs", "5", "-p", "bs", "128", "-p", "lr", "0.005"]
+MNIST = ["-p", "dataset", "mnist", "-p", "widths", "[16, 32, 64]", "-p", "epochs", "5", "-p", "bs", "128", "-p", "lr", "0.005"]
 # name: (template, parameters, metric, goal, what the goal is)
 TARGETS = {
     "mnist_cnn": ("image_classification", MNIST, "test_accuracy", 0.992, "MNIST CNN test accuracy"),
