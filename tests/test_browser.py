@@ -44,3 +44,34 @@ def test_index_links_to_report(browser, default_run):
     page.wait_for_load_state()
     assert page.url.endswith(f"{run_dir.name}/report.html") and page.locator(".aiprod-header").is_visible()
     page.close()
+
+
+def test_index_sorts_and_filters(browser, tmp_path):
+    "Clicking a header sorts each sweep's runs by that column; the text box keeps rows holding every word typed."
+    from aiprod.report import save_metrics, write_index
+    for i, (sweep, accuracy, status) in enumerate([("s1", 0.5, "SUCCEEDED"), ("s1", 0.9, "FAILED"), ("s1", 0.7, "SUCCEEDED"),
+                                                   (None, 0.8, "INTERRUPTED")]):
+        run_dir = tmp_path / f"20261124-00000{i}-t-abcde{i}"
+        run_dir.mkdir()
+        (run_dir / "params.yaml").write_text(f"lr: {accuracy}\n")
+        save_metrics(run_dir / "metrics.json", run_id=run_dir.name, template="t", status=status, sweep=sweep,
+                     started=f"2026-11-24T00:00:0{i}", timings={"execute_s": 10.0 - i}, metrics={"accuracy": accuracy},
+                     overrides={"lr": accuracy})
+    page = browser.new_page()
+    page.goto(write_index(tmp_path).as_uri())
+    accuracies = lambda: page.locator("tr.run:visible td:nth-child(6)").all_inner_texts()
+    assert accuracies() == ["0.8", "0.7", "0.9", "0.5"]            # newest first: the group with the newest run first
+    page.get_by_role("columnheader", name="accuracy").click()
+    assert accuracies() == ["0.8", "0.5", "0.7", "0.9"]            # ascending within each group
+    page.get_by_role("columnheader", name="accuracy").click()
+    assert accuracies() == ["0.8", "0.9", "0.7", "0.5"]
+    page.get_by_role("columnheader", name="duration").click()       # numeric order, not text order
+    assert page.locator("tr.run:visible td:nth-child(5)").all_inner_texts() == ["7.0 s", "8.0 s", "9.0 s", "10.0 s"]
+    page.locator("#filter").fill("succeeded s1")
+    assert sorted(accuracies()) == ["0.5", "0.7"] and page.locator("#shown").inner_text() == "2"
+    assert not page.locator("tbody").nth(0).is_visible()            # a group with no matching run hides
+    page.locator("#filter").fill("interrupted")
+    assert accuracies() == ["0.8"] and "runs outside any sweep" in page.locator("tbody:visible tr.group").inner_text()
+    page.locator("#filter").fill("")
+    assert len(accuracies()) == 4
+    page.close()
