@@ -39,7 +39,7 @@ def test_index_links_to_report(browser, default_run):
     reports, run_dir, _ = default_run
     page = browser.new_page()
     page.goto((reports / "index.html").as_uri())
-    assert "SUCCEEDED" in page.locator("tbody tr").first.inner_text()
+    assert "SUCCEEDED" in page.locator("tbody tr.run").first.inner_text()
     page.get_by_role("link", name=run_dir.name).click()
     page.wait_for_load_state()
     assert page.url.endswith(f"{run_dir.name}/report.html") and page.locator(".aiprod-header").is_visible()
