@@ -42,3 +42,4 @@ bench: setup
 	$(BIN)/python bench/report_overhead.py
 	$(BIN)/python bench/data_pipeline.py
 	$(BIN)/python bench/training_throughput.py
+	$(BIN)/python bench/batch_throughput.py

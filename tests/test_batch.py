@@ -10,13 +10,13 @@ from aiprod.report import list_runs
 from conftest import BIN, run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
-TINY, COMPARISON = FIXTURES / "tiny.ipynb", FIXTURES / "comparison.ipynb"
+TINY = FIXTURES / "tiny.ipynb"
 
 
 def sweep_file(folder: Path, body: str, template: Path = TINY, comparison: bool = False) -> Path:
-    "A sweep file on `template`; its comparison report, if any, from the stand-in comparison notebook."
+    "A sweep file on `template`, with or without the real comparison report."
     path = folder / "sweep.yaml"
-    path.write_text(f"templates: {template}\ncomparison: {COMPARISON if comparison else 'false'}\n{body}")
+    path.write_text(f"templates: {template}\ncomparison: {'comparison' if comparison else 'false'}\n{body}")
     return path
 
 
@@ -161,8 +161,8 @@ def test_compare_any_runs(tmp_path):
     sweep = sweep_file(tmp_path, "grid:\n  x: [1, 2]\n")
     assert run_cli("aiprod", "batch", sweep, "--workers", "2", cwd=tmp_path).returncode == 0
     ids = [r["run_id"] for r in records(tmp_path / "reports")]
-    done = run_cli("aiprod", "compare", *ids, "--title", "by hand", "--template", COMPARISON, cwd=tmp_path)
+    done = run_cli("aiprod", "compare", *ids, "--title", "by hand", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     made = [r for r in records(tmp_path / "reports", "comparison") if r["params"]["title"] == "by hand"]
-    assert len(made) == 1 and made[0]["metrics"]["runs_compared"] == 2 and made[0]["sweep"] is None
+    assert len(made) == 1 and made[0]["metrics"]["runs"] == 2 and made[0]["sweep"] is None
     assert f"comparison report: reports/{made[0]['run_id']}/report.html  (SUCCEEDED)" in done.stdout
