@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 ARGS   ?=
 
-.PHONY: setup report test browser lab bench
+.PHONY: setup report test browser lab bench quality
 
 setup: $(BIN)/.installed
 
@@ -42,4 +42,9 @@ bench: setup
 	$(BIN)/python bench/report_overhead.py
 	$(BIN)/python bench/data_pipeline.py
 	$(BIN)/python bench/training_throughput.py
+	$(BIN)/python bench/keras_throughput.py
 	$(BIN)/python bench/batch_throughput.py
+
+# every model template on its full data set against its quality target (about 40 minutes on 2 CPUs)
+quality: setup
+	$(BIN)/python bench/quality.py

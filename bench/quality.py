@@ -17,7 +17,7 @@ MNIST = ["-p", "dataset", "mnist", "-p", "widths", "[16, 32, 64]", "-p", "epochs
 TARGETS = {
     "mnist_cnn": ("image_classification", MNIST, "test_accuracy", 0.992, "MNIST CNN test accuracy"),
     "sst2_lstm": ("text_classification", [], "test_accuracy", 0.82, "SST-2 LSTM dev accuracy"),
-    "sst2_bert": ("text_classification", ["-p", "model", "bert", "-p", "epochs", "1"], "test_accuracy", 0.88,
+    "sst2_bert": ("text_classification", ["-p", "model", "bert", "-p", "epochs", "1", "-p", "bs", "32"], "test_accuracy", 0.88,
                   "SST-2 BERT (bundled MiniLM) dev accuracy"),
     "fsdd_lstm": ("audio_classification", [], "test_accuracy", 0.95, "FSDD LSTM test accuracy"),
     "mnist_cnn_keras_torch": ("image_classification", MNIST + ["-p", "framework", "keras", "-p", "backend", "torch"],
