@@ -6,6 +6,9 @@ BIN    := $(VENV)/bin
 # torch is installed first and pinned: pip meeting an unpinned torch first pulls a multi-GB CUDA build
 TORCH  ?= torch==2.13.0
 ARGS   ?=
+# Named data sets are read from AIPROD_DATA_DIR when it is set; a clone beside the project's shared/ folder uses its
+# local copies. Elsewhere they download once into ~/.cache/aiprod (checked by sha256).
+export AIPROD_DATA_DIR ?= $(abspath $(wildcard ../shared/data))
 
 .PHONY: setup report test browser lab bench quality
 

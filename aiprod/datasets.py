@@ -61,7 +61,8 @@ def load_mnist(progress: bool = True) -> dict[str, ArrayDataset]:
                       license="CC BY-SA 3.0; LeCun, Cortes & Burges, The MNIST database of handwritten digits")
 
 # %% ../nbs/01e_datasets.ipynb #404bcb03
-SST2_ARCHIVE = RemoteFile("glue/SST-2.zip", ["https://dl.fbaipublicfiles.com/glue/data/SST-2.zip"], "")
+SST2_ARCHIVE = RemoteFile("glue/SST-2.zip", ["https://dl.fbaipublicfiles.com/glue/data/SST-2.zip"],
+                          "d67e16fb55739c1b32cdce9877596db1c127dc322d93c082281f64057c16deaa")  # huggingface/datasets, glue
 SST2_FILES = {"SST-2/train.tsv": RemoteFile("sst2/train.tsv", [], "48eac26399f8456935f81dd9e3a745c1430adb6c62e233ccfe22db4a0d15d1d1"),
               "SST-2/dev.tsv": RemoteFile("sst2/dev.tsv", [], "54a9c12c77e402fc14d6a66a506f24d999f596b0176eb777c972cccc2f9cc4b0")}
 

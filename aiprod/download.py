@@ -4,10 +4,10 @@
 
 # %% ../nbs/01a_download.ipynb #17100add
 from __future__ import annotations
-import hashlib, http.client, os, shutil, tarfile, tempfile, urllib.request, zipfile
+import hashlib, http.client, os, shutil, stat, tarfile, tempfile, urllib.request, zipfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO
+from pathlib import Path, PureWindowsPath
+from typing import BinaryIO, Callable
 
 from tqdm.auto import tqdm
 
@@ -128,8 +128,8 @@ def download(
             return path
         except (OSError, http.client.HTTPException, ValueError, AiprodError) as e: errors.append(f"  {url}: {e}")
     raise AiprodError(f"could not download {remote.name}:\n" + "\n".join(errors or ["  (no URL given)"]) +
-                      f"\nFor offline use, copy {', '.join(offline or [remote.name])} under a folder and name that "
-                      f"folder in AIPROD_DATA_DIR.")
+                      "\nTo work offline, copy the data to " + " and ".join(f"FOLDER/{name}" for name in offline or [remote.name]) +
+                      " for a FOLDER of your choice, and set AIPROD_DATA_DIR=FOLDER.")
 
 # %% ../nbs/01a_download.ipynb #1d100366
 def fetch(
@@ -140,19 +140,50 @@ def fetch(
     return find_local(remote) or download(remote, cache_dir()/remote.name, progress)
 
 # %% ../nbs/01a_download.ipynb #054b653f
-def _extract(archive: Path, targets: dict[str, Path], source: str):
-    "Copy each listed member (key) of a zip or tar archive to its target file (value)."
-    if zipfile.is_zipfile(archive): opened = zipfile.ZipFile(archive)
-    elif tarfile.is_tarfile(archive): opened = tarfile.open(archive)
-    else: raise AiprodError(f"{source} is neither a zip nor a tar archive")
-    with opened:
+def _open_archive(archive: Path, source: str) -> zipfile.ZipFile | tarfile.TarFile:
+    "The zip or tar file `archive`, opened for reading; `source` names it in the error."
+    if zipfile.is_zipfile(archive): return zipfile.ZipFile(archive)
+    if tarfile.is_tarfile(archive): return tarfile.open(archive)
+    raise AiprodError(f"{source} is neither a zip nor a tar archive")
+
+def _name_and_kind(member: zipfile.ZipInfo | tarfile.TarInfo) -> tuple[str, str]:
+    "A member's path and what it is: 'file', 'folder', 'link' (symbolic or hard) or 'device or FIFO'."
+    if isinstance(member, tarfile.TarInfo):
+        return member.name, ("file" if member.isfile() else "folder" if member.isdir() else
+                             "link" if member.issym() or member.islnk() else "device or FIFO")
+    mode = stat.S_IFMT(member.external_attr >> 16)  # the Unix file type; 0 in a zip made without one
+    return member.filename, ("folder" if member.is_dir() or mode == stat.S_IFDIR else "file" if mode in (0, stat.S_IFREG)
+                             else "link" if mode == stat.S_IFLNK else "device or FIFO")
+
+def _unsafe(name: str, kind: str) -> str | None:
+    "Why a member with this path and kind could write outside its folder; None when it cannot."
+    path = PureWindowsPath(name)  # splits at `/` and `\` and knows drives: unsafe on any system is refused
+    if path.anchor: return "is an absolute path"
+    if ".." in path.parts: return "has a '..' part"
+    if kind in ("link", "device or FIFO"): return f"is a {kind}, and only regular files and folders are unpacked"
+    return None
+
+# %% ../nbs/01a_download.ipynb #430d0cd9
+def _unpack(
+    archive: Path,  # a downloaded zip or tar file
+    source: str,    # the archive's name, for errors
+    target: Callable[[str], Path | None],  # a member's path -> the file it is copied to, or None to leave it out
+) -> list[str]:
+    "Check every member of an archive, then copy the files `target` places; the paths of all its files."
+    with _open_archive(archive, source) as opened:
         is_zip = isinstance(opened, zipfile.ZipFile)
-        names = opened.namelist() if is_zip else opened.getnames()
-        for member, target in targets.items():
-            if member not in names: raise AiprodError(f"{source} has no member {member!r}; its first members: {names[:5]}")
-            reader = opened.open(member) if is_zip else opened.extractfile(member)
-            if reader is None: raise AiprodError(f"member {member!r} of {source} is not a file")
-            with reader, open(target, "wb") as file: shutil.copyfileobj(reader, file, CHUNK_SIZE)
+        members = [(*_name_and_kind(m), m) for m in (opened.infolist() if is_zip else opened.getmembers())]
+        for name, kind, _ in members:
+            if reason := _unsafe(name, kind):
+                raise AiprodError(f"refused the archive {source}: its member {name!r} {reason}. An archive with an "
+                                  f"unsafe member is not unpacked at all.")
+        files = [(name, member) for name, kind, member in members if kind == "file"]
+        for name, member in files:
+            if (path := target(name)) is None: continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with (opened.open(member) if is_zip else opened.extractfile(member)) as reader, open(path, "wb") as file:
+                shutil.copyfileobj(reader, file, CHUNK_SIZE)
+    return [name for name, _ in files]
 
 # %% ../nbs/01a_download.ipynb #d073db08
 def fetch_archive_members(
@@ -170,8 +201,9 @@ def fetch_archive_members(
         unpack = Path(unpack)
         path = download(archive, unpack/"archive", progress, offline=[m.name for m in missing.values()])
         targets = {member: unpack/f"member-{i}" for i, member in enumerate(missing)}
-        _extract(path, targets, archive.name)
+        files = _unpack(path, archive.name, targets.get)
         for member, remote in missing.items():
+            if member not in files: raise AiprodError(f"{archive.name} has no member {member!r}; its first files: {files[:5]}")
             if (actual := sha256_file(targets[member])) not in remote.digests:
                 raise AiprodError(f"{member} in {archive.name} has sha256 {actual}, expected {_expected(remote)}: "
                                   f"the archive has changed; put a good {remote.name} in AIPROD_DATA_DIR")
@@ -182,17 +214,12 @@ def fetch_archive_members(
     return found
 
 # %% ../nbs/01a_download.ipynb #75a84656
-def _unpack_matching(archive: Path, member_prefix: str, target: Path, source: str):
-    "Copy the archive's files whose path, after its top folder, starts with `member_prefix` into `target`."
-    with tarfile.open(archive) if tarfile.is_tarfile(archive) else zipfile.ZipFile(archive) as opened:
-        is_zip = isinstance(opened, zipfile.ZipFile)
-        for member in opened.infolist() if is_zip else opened.getmembers():
-            name = member.filename if is_zip else member.name
-            inner = name.split("/", 1)[1] if "/" in name else ""  # GitHub archives wrap everything in repo-<commit>/
-            if not inner.startswith(member_prefix) or (member.is_dir() if is_zip else not member.isfile()): continue
-            (target/inner).parent.mkdir(parents=True, exist_ok=True)
-            with (opened.open(member) if is_zip else opened.extractfile(member)) as reader, open(target/inner, "wb") as file:
-                shutil.copyfileobj(reader, file, CHUNK_SIZE)
+def _below_top_folder(folder: Path, member_prefix: str) -> Callable[[str], Path | None]:
+    "A `target` for `_unpack`: a member's path after the archive's top folder, under `folder`, if it starts with `member_prefix`."
+    def target(name: str) -> Path | None:
+        inner = name.partition("/")[2]  # GitHub archives wrap everything in repo-<commit>/
+        return folder/inner if inner and inner.startswith(member_prefix) else None
+    return target
 
 def fetch_folder(
     archive: RemoteFile,  # the archive; `archive.name` is the folder's name under a data dir or the cache
@@ -212,7 +239,8 @@ def fetch_folder(
     cache_dir().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".unpack-") as unpack:
         unpack = Path(unpack)
-        _unpack_matching(download(archive, unpack/"archive", progress, offline=[archive.name]), member_prefix, unpack/"folder", archive.name)
+        path = download(archive, unpack/"archive", progress, offline=[archive.name])
+        _unpack(path, archive.name, _below_top_folder(unpack/"folder", member_prefix))
         if (actual := directory_digest(unpack/"folder", pattern)) != digest:
             raise AiprodError(f"{archive.name}: the downloaded files have digest {actual}, expected {digest}")
         (cache_dir()/archive.name).parent.mkdir(parents=True, exist_ok=True)
