@@ -6,7 +6,9 @@ cfg = ConfigParser(delimiters=["="])
 cfg.read("settings.ini", encoding="utf-8")
 cfg = cfg["DEFAULT"]
 licenses = {"apache2": ("Apache Software License 2.0", "OSI Approved :: Apache Software License")}
-statuses = ["Planning", "Pre-Alpha", "Alpha", "Beta", "Production/Stable"]
+# nbdev's mapping: settings.ini's `status` indexes this list, so status = 3 is "4 - Beta" (the trove classifiers number
+# their stages from 1; "3 - Beta" is not one of them, and PyPI rejects unknown classifiers)
+statuses = ["1 - Planning", "2 - Pre-Alpha", "3 - Alpha", "4 - Beta", "5 - Production/Stable", "6 - Mature", "7 - Inactive"]
 
 setup(
     name=cfg["lib_name"],
@@ -20,7 +22,7 @@ setup(
     keywords=cfg["keywords"].split(),
     url=cfg["git_url"],
     classifiers=[
-        f"Development Status :: {cfg['status']} - {statuses[int(cfg['status'])]}",
+        f"Development Status :: {statuses[int(cfg['status'])]}",
         f"Intended Audience :: {cfg['audience']}",
         f"License :: {licenses[cfg['license']][1]}",
         f"Programming Language :: Python :: {cfg['min_python']}",

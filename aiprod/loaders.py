@@ -4,7 +4,8 @@
 
 # %% ../nbs/01b_loaders.ipynb #e3e83e53
 from __future__ import annotations
-import csv, gzip, json, math, re, struct, zipfile, zlib
+import codecs, csv, gzip, json, math, re, struct, zipfile, zlib
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator
 
@@ -13,9 +14,9 @@ from .core import AiprodError, ParameterError
 from .data import ArrayDataset
 
 # %% auto #0
-__all__ = ['IMAGE_EXTENSIONS', 'SPLIT_FOLDERS', 'GRAYSCALE_MODES', 'KERAS_KEYS', 'IDX_TYPES', 'TEXT_FORMATS',
-           'classes_from_labels', 'load_image_folder', 'load_npz', 'read_idx', 'load_idx', 'load_text_table',
-           'load_audio_folder']
+__all__ = ['IMAGE_EXTENSIONS', 'SPLIT_FOLDERS', 'GRAYSCALE_MODES', 'KERAS_KEYS', 'IDX_TYPES', 'TEXT_FORMATS', 'ENCODING_HINT',
+           'MAX_TEXT_CHARS', 'classes_from_labels', 'load_image_folder', 'load_npz', 'read_idx', 'load_idx',
+           'load_text_table', 'load_audio_folder']
 
 # %% ../nbs/01b_loaders.ipynb #61302c16
 def classes_from_labels(labels: Iterable) -> list[str]:
@@ -54,6 +55,19 @@ class _BadItems:
 
     def info(self) -> dict[str, Any]: return {"skipped": self.items, "skipped_count": len(self.items)}
 
+# %% ../nbs/01b_loaders.ipynb #720e5fb7
+def _expect(
+    path: str | Path,  # the file or folder the caller named
+    folder: bool,      # True: a folder is expected; False: a file
+    what: str,         # what the loader reads there, e.g. "an .npz archive of arrays"
+) -> Path:
+    "`path` as a Path if it is a folder (or a file, as `folder` says); else an error saying what is there instead."
+    path = Path(path)
+    if path.is_dir() if folder else path.is_file(): return path
+    found = ("is a folder" if path.is_dir() else "is a file" if path.is_file() else
+             "is neither a file nor a folder" if path.exists() else "does not exist")
+    raise AiprodError(f"{path} {found}; expected {what}")
+
 # %% ../nbs/01b_loaders.ipynb #e1d61939
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 SPLIT_FOLDERS = ("train", "valid", "test")
@@ -74,7 +88,7 @@ def _class_images(folder: Path) -> dict[str, list[Path]]:
 
 def _split_folders(root: Path) -> dict[str | None, Path]:
     "`{None: root}` for class folders, or the folder of each official split."
-    if not root.is_dir(): raise AiprodError(f"{root}: image folder not found")
+    _expect(root, True, "an image folder: class folders of images (<class>/<image>.png), or train/ and test/ folders of them")
     folders = {child.name: child for child in _visible_children(root) if child.is_dir()}
     if not {"train", "test"} <= folders.keys(): return {None: root}
     others = sorted(set(folders) - set(SPLIT_FOLDERS))
@@ -199,7 +213,7 @@ KERAS_KEYS = {"train": ("x_train", "y_train"), "test": ("x_test", "y_test")}
 
 def _open_npz(path: Path):
     "An open .npz archive; a missing or unreadable file, or a single .npy array, is an error naming it."
-    if not path.is_file(): raise AiprodError(f"{path}: file not found")
+    _expect(path, False, "an .npz archive of arrays (as numpy.savez writes)")
     try: archive = np.load(path, allow_pickle=False)  # a data file must not be able to run code
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise AiprodError(f"{path}: not a readable .npz archive ({error})") from error
@@ -254,8 +268,7 @@ def read_idx(
     path: str | Path,  # IDX file, raw or gzipped, e.g. t10k-images-idx3-ubyte.gz
 ) -> np.ndarray:
     "The array in an IDX file, after checking its magic number, type code and size."
-    path = Path(path)
-    if not path.is_file(): raise AiprodError(f"{path}: file not found")
+    path = _expect(path, False, "an IDX file, raw or gzipped")
     raw = path.read_bytes()
     data = _gunzipped(raw, path)
     dtype, shape, header = _idx_layout(data, path)
@@ -278,14 +291,27 @@ def load_idx(
 
 # %% ../nbs/01b_loaders.ipynb #53d5cc79
 TEXT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json-lines": "jsonl", ".ndjson": "jsonl"}
+ENCODING_HINT = 'if the file is in another encoding, name it with the encoding option (e.g. -p data_options "{encoding: cp1252}")'
 
-def _decoded_lines(data: bytes, undecodable: dict[int, str]) -> Iterator[str]:
-    "Each line of `data` as text; lines that are not UTF-8 are noted in `undecodable` by number, and replaced."
+def _text_encoding(encoding: str) -> str:
+    "`encoding` if Python knows it and it writes newlines, separators and quotes as ASCII does (line-by-line reading needs it)."
+    try: like_ascii = 'a,\t"\n'.encode(encoding).endswith(b'a,\t"\n')
+    except (LookupError, TypeError):
+        raise ParameterError(f"unknown encoding {encoding!r}; common ones: utf-8, cp1252, latin-1", parameter="encoding") from None
+    if not like_ascii: raise ParameterError(f"encoding {encoding!r} is not supported: lines are read one at a time, which needs "
+                                            "an encoding that writes a newline as one byte (utf-8, cp1252, latin-1, ...); "
+                                            "save the file as UTF-8", parameter="encoding")
+    return encoding
+
+def _decoded_lines(data: bytes, encoding: str, undecodable: dict[int, str]) -> Iterator[str]:
+    "Each line of `data` as text; lines that do not decode are noted in `undecodable` by number, and replaced."
+    first = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding  # drops UTF-8's byte-order mark
     for number, line in enumerate(data.splitlines(keepends=True), 1):
-        try: yield line.decode("utf-8-sig" if number == 1 else "utf-8")
+        try: yield line.decode(first if number == 1 else encoding)
         except UnicodeDecodeError as error:
-            undecodable[number] = f"not UTF-8 text (byte 0x{line[error.start]:02x} at position {error.start + 1})"
-            yield line.decode("utf-8", "replace")
+            hint = "" if undecodable else f"; {ENCODING_HINT}"  # said once, on the first such line
+            undecodable[number] = f"not {encoding} text (byte 0x{line[error.start]:02x} at position {error.start + 1}){hint}"
+            yield line.decode(encoding, "replace")
 
 # %% ../nbs/01b_loaders.ipynb #758cd565
 _Row = tuple[range, dict | None, str | None]  # (the lines it spans, {column: value}, what is wrong with it)
@@ -302,7 +328,9 @@ def _delimited_rows(lines: Iterable[str], tsv: bool) -> Iterator[_Row]:
         span, start = range(start, reader.line_num + 1), reader.line_num + 1
         if fields == []: continue  # a blank line
         if header is None and fields is None: yield span, None, f"the header is a {problem}"; return
-        if header is None: header = [name.strip() for name in fields]
+        if header is None:
+            header = [name.strip() for name in fields]  # a byte that did not decode shows as U+FFFD (and _table_rows says why)
+            if any("\ufffd" in name for name in header): yield span, None, "the header holds U+FFFD, the replacement character"; return
         elif fields is not None and len(fields) != len(header):
             yield span, None, f"expected {len(header)} fields ({', '.join(header)}), found {len(fields)}"
         else: yield span, fields and dict(zip(header, fields)), problem
@@ -317,10 +345,10 @@ def _jsonl_rows(lines: Iterable[str]) -> Iterator[_Row]:
         if isinstance(record, dict): yield span, record, None
         else: yield span, None, f"expected a JSON object, found {type(record).__name__}"
 
-def _table_rows(data: bytes, format: str) -> Iterator[tuple[int, dict | None, str | None]]:
+def _table_rows(data: bytes, format: str, encoding: str = "utf-8") -> Iterator[tuple[int, dict | None, str | None]]:
     "(first line, {column: value}, what is wrong) per row of a CSV, TSV or JSON Lines file."
     undecodable = {}
-    lines = _decoded_lines(data, undecodable)
+    lines = _decoded_lines(data, encoding, undecodable)
     for span, record, problem in _jsonl_rows(lines) if format == "jsonl" else _delimited_rows(lines, format == "tsv"):
         problem = next((undecodable[n] for n in span if n in undecodable), problem)  # first: bad bytes garble the rest
         yield span.start, None if problem else record, problem
@@ -332,12 +360,15 @@ def _check_columns(path: Path, record: dict, columns: tuple[str, str]) -> list[s
     if missing: raise AiprodError(f"{path}: no column {missing[0]!r}; the file has columns {', '.join(map(repr, record))}")
     return list(record)
 
-def _text_and_label(record: dict, text_column: str, label_column: str, classes: list[str] | None) -> tuple[str, str]:
+def _text_and_label(record: dict, text_column: str, label_column: str, classes: list[str] | None,
+                    max_chars: int) -> tuple[str, str]:
     "The text and label of a row, or _BadItem saying what is wrong with them."
     missing = [name for name in (text_column, label_column) if name not in record]
     if missing: raise _BadItem(f"no {missing[0]!r} field")
     text, label = record[text_column], record[label_column]
     if not isinstance(text, str): raise _BadItem(f"text is {json.dumps(text)}, not a string")
+    if len(text) > max_chars: raise _BadItem(f"text of {len(text):,} characters is over max_text_chars ({max_chars:,}); to read it, "
+                                             f'raise that option (e.g. -p data_options "{{max_text_chars: {len(text)}}}")')
     if isinstance(label, bool) or not isinstance(label, (str, int, type(None))):
         raise _BadItem(f"label must be a string or an integer, got {json.dumps(label)}")
     label = "" if label is None else str(label).strip()
@@ -360,6 +391,15 @@ def _object_array(items: list) -> np.ndarray:
     for i, item in enumerate(items): array[i] = item
     return array
 
+@contextmanager
+def _csv_fields_unlimited():
+    "Lift the csv module's limit on the length of a field (131,072 characters, for the whole process) within the block."
+    previous = csv.field_size_limit(2**31 - 1)  # the largest a C long holds on every platform; the file is in memory anyway
+    try: yield
+    finally: csv.field_size_limit(previous)
+
+MAX_TEXT_CHARS = 10 * 2**20  # about ten million characters, a long book
+
 def load_text_table(
     path: str | Path,                  # CSV, TSV or JSON Lines file with one example per row
     text_column: str = "text",         # column holding the text, e.g. "sentence" in GLUE's SST-2
@@ -367,21 +407,26 @@ def load_text_table(
     format: str | None = None,         # "csv", "tsv" or "jsonl"; None: from the extension
     classes: list[str] | None = None,  # the allowed labels, in class order; None: the sorted distinct labels
     skip_bad: bool = False,            # leave out bad rows (listed in info["skipped"]) instead of raising
+    encoding: str = "utf-8",           # the file's text encoding, e.g. "cp1252" or "latin-1" from older Windows tools
+    max_text_chars: int = MAX_TEXT_CHARS,  # longest text accepted; a longer one is a bad row
 ) -> ArrayDataset:
     "Labelled texts from a CSV, TSV or JSON Lines file, as an object array of strings."
-    path = Path(path)
-    format = _table_format(path, format)
-    if not path.is_file(): raise AiprodError(f"{path}: file not found")
+    path = _expect(path, False, "a text table: a CSV, TSV or JSON Lines file")
+    format, encoding = _table_format(path, format), _text_encoding(encoding)
+    if not isinstance(max_text_chars, int) or max_text_chars < 1:
+        raise ParameterError(f"max_text_chars must be a positive number of characters, got {max_text_chars!r}",
+                             parameter="max_text_chars")
     data, classes = path.read_bytes(), None if classes is None else [str(name) for name in classes]
     if not data.strip(): raise AiprodError(f"{path}: file is empty")
     bad, texts, labels, columns = _BadItems(skip_bad, str(path)), [], [], None
-    for line, record, problem in _table_rows(data, format):
-        try:
-            if problem: raise _BadItem(problem)
-            columns = columns or _check_columns(path, record, (text_column, label_column))  # on the first usable row
-            text, label = _text_and_label(record, text_column, label_column, classes)
-        except _BadItem as error: bad.note(f"line {line}", str(error)); continue
-        texts.append(text); labels.append(label)
+    with _csv_fields_unlimited():
+        for line, record, problem in _table_rows(data, format, encoding):
+            try:
+                if problem: raise _BadItem(problem)
+                columns = columns or _check_columns(path, record, (text_column, label_column))  # on the first usable row
+                text, label = _text_and_label(record, text_column, label_column, classes, max_text_chars)
+            except _BadItem as error: bad.note(f"line {line}", str(error)); continue
+            texts.append(text); labels.append(label)
     bad.require(len(texts), "rows")
     classes = classes or classes_from_labels(labels)
     y = _label_indices(np.array(labels), classes, str(path))
@@ -391,7 +436,7 @@ def load_text_table(
 # %% ../nbs/01b_loaders.ipynb #46274fa6
 def _wav_files(root: Path) -> list[str]:
     "Paths relative to `root` of the .wav files below it, in name order, hidden files and folders left out."
-    if not root.is_dir(): raise AiprodError(f"{root}: audio folder not found")
+    _expect(root, True, "an audio folder: .wav files in it or in its subfolders")
     files = sorted(file.relative_to(root).as_posix() for file in root.rglob("*") if file.suffix.lower() == ".wav")
     files = [file for file in files if not any(part.startswith(".") for part in file.split("/")) and (root / file).is_file()]
     if not files: raise AiprodError(f"{root}: no .wav files (searched every subfolder)")

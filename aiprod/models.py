@@ -35,9 +35,9 @@ def _conv_block(c_in: int, c_out: int, batch_norm: bool) -> nn.Sequential:
 class CNN(nn.Module):
     "Convolution blocks, global average pooling and a linear classifier."
     config_class = CNNConfig
-    def __init__(self, config: CNNConfig = CNNConfig()):
+    def __init__(self, config: CNNConfig | None = None):  # None: a new default CNNConfig
         super().__init__()
-        self.config = config
+        self.config = config = config if config is not None else CNNConfig()
         widths = (config.in_channels, *config.widths)
         self.features = nn.Sequential(*[_conv_block(a, b, config.batch_norm) for a, b in zip(widths, widths[1:])])
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(config.dropout),
@@ -156,13 +156,13 @@ class BertConfig:
 class BertClassifier(nn.Module):
     "A pretrained BERT encoder with a new linear classifier on its pooled [CLS] output."
     config_class = BertConfig
-    def __init__(self, config: BertConfig = BertConfig()):
+    def __init__(self, config: BertConfig | None = None):  # None: a new default BertConfig
         super().__init__()
         import os
         os.environ["HF_HUB_OFFLINE"] = "1"  # read before huggingface_hub is first imported
         import transformers
         from aiprod.text import default_bert_path
-        self.config = config
+        self.config = config = config if config is not None else BertConfig()
         verbosity, bar = transformers.logging.get_verbosity(), transformers.utils.logging.is_progress_bar_enabled()
         transformers.logging.set_verbosity_error()  # "some weights ... newly initialized": the classifier, as intended
         transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar each time a model is built

@@ -1,20 +1,18 @@
 """Data pipeline speed: loading, tokenising, featurising, and whether batches keep a training loop fed.
 
 Each row times aiprod's step and, where one exists, a plain baseline doing the same work in the same process.
-Real data comes from local copies (AIPROD_DATA_DIR, default ../shared/data); nothing is downloaded.
+Real data comes through aiprod's registry: from the folders in AIPROD_DATA_DIR when it is set, else from the cache
+(downloaded once, checked by sha256).
 
     .venv/bin/python bench/data_pipeline.py
 """
 import os, time
-from pathlib import Path
-
-os.environ.setdefault("AIPROD_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from aiprod import audio, data, datasets, text
+from aiprod import audio, data, datasets, download, text
 from aiprod.models import build_model
 
 
@@ -53,7 +51,7 @@ def model_rate(train, bs=128, steps=40):
 
 def main():
     rows = []
-    path = Path(os.environ["AIPROD_DATA_DIR"].split(os.pathsep)[0]) / "mnist" / "mnist.npz"
+    path = download.fetch(datasets.MNIST)  # the same verified file load_dataset("mnist") reads
     plain, _ = timed(lambda: {k: v.astype(np.float32) / 255 for k, v in np.load(path).items() if k.startswith("x")})
     ours, mnist = timed(lambda: datasets.load_dataset("mnist", progress=False))
     rows += [("MNIST from the local npz (goal <= 1 s)", ours, "np.load + scale", plain)]

@@ -17,8 +17,6 @@ kernel), the same parameters otherwise; the table reads each run's metrics.json.
 import argparse, json, os, subprocess, sys, tempfile, time
 from pathlib import Path
 
-os.environ.setdefault("AIPROD_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-
 FRAMEWORKS = {"torch": "plain PyTorch loop (baseline)", "keras-torch": "Keras 3 fit(), torch backend",
               "keras-tensorflow": "Keras 3 fit(), TensorFlow backend"}
 

@@ -6,11 +6,10 @@ Each target is a real `aiprod run` of a report template (its own kernel, as a us
 
     .venv/bin/python bench/quality.py [--only mnist_cnn,sst2_lstm] [--reports-dir bench/results/quality]
 """
-import argparse, csv, json, os, subprocess, sys, time
+import argparse, csv, json, subprocess, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("AIPROD_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 
 MNIST = ["-p", "dataset", "mnist", "-p", "widths", "[16, 32, 64]", "-p", "epochs", "5", "-p", "bs", "128", "-p", "lr", "0.005"]
 # name: (template, parameters, metric, goal, what the goal is)

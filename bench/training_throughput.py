@@ -6,10 +6,7 @@ their ratio (goal: Learner >= 0.95x the plain loop).
 
     .venv/bin/python bench/training_throughput.py [--examples 6000] [--epochs 2] [--repeats 3]
 """
-import argparse, os, time
-from pathlib import Path
-
-os.environ.setdefault("AIPROD_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+import argparse, time
 
 import torch
 import torch.nn.functional as F

@@ -34,7 +34,7 @@ def test_image_classification_with_keras(tmp_path, default_run, backend):
     training = record["training"]
     assert (training["framework"], training["backend"]) == ("keras", backend) and training["keras"] and training[backend]
     assert record["model"]["architecture"] == "CNN" and record["model"]["config"]["widths"] == [32, 64]
-    assert 0 <= record["metrics"]["test_accuracy"] <= 1 and record["metrics"]["best_epoch"] == 1
+    assert record["metrics"]["test_accuracy"] >= 0.15 and record["metrics"]["best_epoch"] == 1  # chance 0.1; measured 0.195-0.2
     # the report has the shape of the PyTorch run's: metrics.json, history columns, figures
     _, torch_run, _ = default_run
     torch_record = json.loads((torch_run / "metrics.json").read_text())
@@ -51,18 +51,21 @@ def test_image_classification_with_keras(tmp_path, default_run, backend):
     assert metadata["model"] == "cnn" and metadata["epoch"] == 1 and len(metadata["classes"]) == 10
 
 
-@pytest.mark.parametrize("template, backend, extra, expected", [
+# Floors: what these seeded one-epoch runs reach, with a margin (measured: text 0.609 ROC AUC, its accuracy 0.51 is the
+# majority class's share; audio 0.2 accuracy, chance 0.1).
+@pytest.mark.parametrize("template, backend, extra, expected, floors", [
     ("text_classification", "tensorflow", ["-p", "dataset", "sst2", "-p", "limit", "300", "-p", "units", "32"],
-     "Word vocabulary"),
+     "Word vocabulary", {"test_roc_auc": 0.56}),
     ("audio_classification", "torch", ["-p", "dataset", "fsdd", "-p", "limit", "150", "-p", "units", "32"],
-     "Features: logmel at 8,000 Hz"),
+     "Features: logmel at 8,000 Hz", {"test_accuracy": 0.15}),
 ])
-def test_sequence_templates_with_keras(tmp_path, template, backend, extra, expected):
+def test_sequence_templates_with_keras(tmp_path, template, backend, extra, expected, floors):
     run_dir, record = keras_run(tmp_path, template, backend, *extra)
     assert RUN_FILES <= {p.name for p in run_dir.iterdir()}
     assert (record["training"]["framework"], record["training"]["backend"]) == ("keras", backend)
     assert record["model"]["architecture"] == {"text_classification": "LSTM", "audio_classification": "AudioLSTM"}[template]
-    assert 0 <= record["metrics"]["test_accuracy"] <= 1 and 0 <= record["metrics"]["test_ece"] <= 1
+    for metric, floor in floors.items(): assert record["metrics"][metric] >= floor, (metric, record["metrics"][metric])
+    assert 0 <= record["metrics"]["test_ece"] <= 1
     assert record["evaluation"]["confusion_matrix"] and record["evaluation"]["log_loss"] > 0
     assert expected in (run_dir / "report.html").read_text()
     assert read_metadata(run_dir / "model.keras")["config"]["units"] == 32
