@@ -8,12 +8,13 @@ import csv, html, json, math, re, statistics
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import matplotlib.pyplot as plt
 import yaml
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from .core import ParameterError
+from .core import ParameterError, escape_markdown
 from .report import format_metric, list_runs, read_json
 
 # %% auto #0
@@ -162,11 +163,13 @@ def seed_table_markdown(groups: list[dict], # from `seed_groups`
                         metrics: list[str], # the metrics to show, as columns
                        ) -> str:
     "A Markdown table: one row per setting with its seeds and `mean ± std` of each metric."
-    rows = [f"| setting | seeds | {' | '.join(m.replace('_', ' ') for m in metrics)} |", "|---|---|" + "---:|" * len(metrics)]
+    names = [escape_markdown(m.replace("_", " ")) for m in metrics]
+    rows = [f"| setting | seeds | {' | '.join(names)} |", "|---|---|" + "---:|" * len(metrics)]
     for group in groups:
         setting = ", ".join(f"{n}={show_value(v)}" for n, v in group["params"].items()) or "all runs"
         cells = [mean_std_text(group["metrics"].get(m)) for m in metrics]
-        rows.append(f"| {setting} | {', '.join(map(show_value, group['seeds']))} | {' | '.join(cells)} |")
+        seeds = ", ".join(map(show_value, group["seeds"]))
+        rows.append(f"| {escape_markdown(setting)} | {escape_markdown(seeds)} | {' | '.join(cells)} |")
     return "\n".join(rows)
 
 # %% ../nbs/07_compare.ipynb #7964e8c2
@@ -290,6 +293,10 @@ document.querySelectorAll("table.aiprod-runs:not([data-sortable])").forEach(func
 """
 
 # %% ../nbs/07_compare.ipynb #e6740d0d
+def _report_url(link_base: str, run_id: str) -> str:
+    "The address of run `run_id`'s report, percent-quoted so any folder name is one safe link."
+    return f"{quote(link_base)}/{quote(run_id)}/report.html"
+
 def _cell(text: str, value: Any = None, number: bool = False) -> str:
     "A table cell showing `text` (HTML) that sorts by `value`."
     sort = "" if value is None else value if isinstance(value, str) else repr(value) if _is_number(value) else _same(value)
@@ -299,7 +306,7 @@ def _cell(text: str, value: Any = None, number: bool = False) -> str:
 def _run_row(run: dict, columns: list[str], metrics: list[str], best_id: str | None, link_base: str) -> str:
     "One `<tr>` of the runs table."
     run_id, status = run["run_id"], run["status"]
-    link = f'<a href="{html.escape(link_base)}/{html.escape(run_id)}/report.html">{html.escape(run_id)}</a>'
+    link = f'<a href="{html.escape(_report_url(link_base, run_id))}">{html.escape(run_id)}</a>'
     cells = [_cell(link + (" ★ best" if run_id == best_id else ""), run_id),
              _cell(f'<span class="aiprod-run-status aiprod-run-{html.escape(status)}">{html.escape(status)}</span>', status),
              *[_cell(html.escape(show_value(run["params"].get(n)) if n != "template" else run.get("template", "")),
@@ -328,7 +335,7 @@ def runs_table_html(runs: list[dict], # the runs, in the order the table starts 
 def _counts(runs: list[dict]) -> str:
     "`4 succeeded, 1 failed` from the runs' statuses."
     counts = Counter(run["status"] for run in runs)
-    return ", ".join(f"**{n} {status.lower()}**" for status, n in counts.most_common())
+    return ", ".join(f"**{n} {escape_markdown(status.lower())}**" for status, n in counts.most_common())
 
 def summary_markdown(runs: list[dict], # all runs compared
                      varying: list[str], # the varying parameters
@@ -338,27 +345,27 @@ def summary_markdown(runs: list[dict], # all runs compared
                     ) -> str:
     "What was compared, what varied, how the runs ended and which did best, as Markdown."
     templates = Counter(run["template"] for run in runs if run.get("template"))
-    of = ", ".join(f"`{t}`" + (f" ({n})" if len(templates) > 1 else "") for t, n in templates.items())
+    of = ", ".join(escape_markdown(t) + (f" ({n})" if len(templates) > 1 else "") for t, n in templates.items())
     lines = [f"**{len(runs)} run{'s' if len(runs) != 1 else ''}** of {of} are compared: {_counts(runs)}."]
     if sweeps := list(dict.fromkeys(run["sweep"] for run in runs if run.get("sweep"))):
-        lines[0] += f" They come from sweep{'s' if len(sweeps) > 1 else ''} {', '.join(f'`{s}`' for s in sweeps)}."
+        lines[0] += f" They come from sweep{'s' if len(sweeps) > 1 else ''} {escape_markdown(', '.join(sweeps))}."
     if len(succeeded(runs)) < len(runs): lines.append("Runs that did not succeed are listed in the table but left out of the ranking, the averages and the plots.")
     values = {n: list(dict.fromkeys(show_value(run["params"].get(n)) for run in runs if n in run["params"])) for n in varying}
-    lines.append("What was varied: " + "; ".join(f"**{n}** ({', '.join(v)})" for n, v in values.items()) + "." if varying
-                 else "All runs used the same parameters.")
+    varied = "; ".join(f"**{escape_markdown(n)}** ({escape_markdown(', '.join(v))})" for n, v in values.items())
+    lines.append(f"What was varied: {varied}." if varying else "All runs used the same parameters.")
     if best:
-        better = "higher" if higher_is_better(metric) else "lower"
-        lines.append(f"The best run by **{metric.replace('_', ' ')}** ({better} is better) is "
-                     f"[{best['run_id']}]({link_base}/{best['run_id']}/report.html) ({run_label(best, varying)}), with "
-                     f"{metric.replace('_', ' ')} **{format_metric(metric_value(best, metric))}**.")
+        better, shown = "higher" if higher_is_better(metric) else "lower", escape_markdown(metric.replace("_", " "))
+        lines.append(f"The best run by **{shown}** ({better} is better) is [{escape_markdown(best['run_id'])}]"
+                     f"({_report_url(link_base, best['run_id'])}) ({escape_markdown(run_label(best, varying))}), with "
+                     f"{shown} **{format_metric(metric_value(best, metric))}**.")
     else: lines.append("No run that succeeded recorded a metric that can rank the runs, so there is no best run.")
     return "\n\n".join(lines)
 
 # %% ../nbs/07_compare.ipynb #c8d91714
 def links_markdown(runs: list[dict], varying: list[str], link_base: str = "..") -> str:
     "A Markdown list linking each run's report, labelled by its varying parameters and status."
-    return "\n".join(f"- [{run_label(run, varying)}]({link_base}/{run['run_id']}/report.html): {run['status']} (`{run['run_id']}`)"
-                     for run in runs)
+    return "\n".join(f"- [{escape_markdown(run_label(run, varying))}]({_report_url(link_base, run['run_id'])}): "
+                     f"{escape_markdown(run['status'])} ({escape_markdown(run['run_id'])})" for run in runs)
 
 # %% ../nbs/07_compare.ipynb #0664e0f2
 def comparison_record(runs: list[dict], varying: list[str], metric: str, best: dict | None, groups: list[dict]) -> dict:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import matplotlib.pyplot as plt
-from .core import AiprodError
+from .core import AiprodError, escape_markdown
 
 # %% auto #0
 __all__ = ['KINDS', 'ITEM_INFO', 'ArrayDataset', 'fingerprint', 'check_splits', 'split_data', 'map_splits', 'limit_splits',
@@ -85,6 +85,11 @@ def check_splits(splits: dict[str, ArrayDataset]):
         if missing: raise AiprodError(f"data set {part.name!r}: class {missing[0]!r} has no examples in the {name} split"
                                       f"{f' (nor {len(missing) - 1} more classes)' if len(missing) > 1 else ''}")
 
+def _check_classes(data: ArrayDataset):
+    "Raise unless `data` has two classes at least: one class gives a perfect score that means nothing."
+    if len(data.classes) < 2: raise AiprodError(f"data set {data.name!r} has a single class, {data.classes[0]!r}: "
+                                                "a classifier needs two classes at least")
+
 def split_data(
     data: ArrayDataset | dict[str, ArrayDataset], # one data set, or its official splits ("train", "test"[, "valid"])
     valid_pct: float = 0.15, # share for validation: of all examples, or of "train" with an official split
@@ -96,10 +101,12 @@ def split_data(
         if not 0 < pct < 1: raise ValueError(f"{pname} must be between 0 and 1, got {pct}")
     if isinstance(data, dict):
         if "train" not in data or "test" not in data: raise AiprodError(f"official splits need train and test, got {list(data)}")
+        _check_classes(data["train"])
         train, valid = (data["train"], data["valid"]) if "valid" in data else _stratified(data["train"], valid_pct, seed)
         splits = {"train": train, "valid": valid, "test": data["test"]}
     else:
         if valid_pct + test_pct >= 1: raise ValueError(f"valid_pct + test_pct must be below 1, got {valid_pct + test_pct}")
+        _check_classes(data)
         rest, test = _stratified(data, test_pct, seed)
         train, valid = _stratified(rest, valid_pct / (1 - test_pct), seed)
         splits = {"train": train, "valid": valid, "test": test}
@@ -193,8 +200,8 @@ def plot_samples(data: ArrayDataset, n: int = 24, seed: int = 0):
 
 def sample_table(data: ArrayDataset, n: int = 10, seed: int = 0, width: int = 160) -> str:
     "A Markdown table of random texts with their class."
-    escape = lambda t: (t if len(t) <= width else t[:width] + "…").replace("|", "\\|").replace("\n", " ")
-    rows = "\n".join(f"| {data.classes[data.y[i]]} | {escape(data.x[i])} |" for i in _sample_index(data, n, seed))
+    rows = "\n".join(f"| {escape_markdown(data.classes[data.y[i]])} | {escape_markdown(data.x[i], width)} |"
+                     for i in _sample_index(data, n, seed))
     return f"| class | text |\n|---|---|\n{rows}\n"
 
 def show_samples(data: ArrayDataset, seed: int = 0):

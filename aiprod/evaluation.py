@@ -5,7 +5,6 @@
 # %% ../nbs/04_evaluation.ipynb #9e55cdc5
 from __future__ import annotations
 import math
-import re
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -14,6 +13,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import accuracy_score, confusion_matrix as sklearn_confusion_matrix
 from sklearn.metrics import average_precision_score, precision_recall_curve, precision_recall_fscore_support
 from sklearn.metrics import roc_auc_score, roc_curve
+from .core import escape_markdown
 
 # %% auto #0
 __all__ = ['classification_metrics', 'metrics_table', 'calibration_bins', 'probability_metrics', 'metrics_summary',
@@ -50,7 +50,7 @@ def metrics_table(
     "A Markdown table of per-class precision, recall, F1 and support, ending with the macro average."
     rows = ["| class | precision | recall | F1 | support |", "|:--|--:|--:|--:|--:|"]
     for name, scores in metrics["per_class"].items():
-        rows.append(f"| {name} | {scores['precision']:.3f} | {scores['recall']:.3f} | {scores['f1']:.3f} | {scores['support']} |")
+        rows.append(f"| {escape_markdown(name)} | {scores['precision']:.3f} | {scores['recall']:.3f} | {scores['f1']:.3f} | {scores['support']} |")
     total = sum(scores["support"] for scores in metrics["per_class"].values())
     rows.append(f"| **macro average** | {metrics['precision_macro']:.3f} | {metrics['recall_macro']:.3f} "
                 f"| {metrics['f1_macro']:.3f} | {total} |")
@@ -123,7 +123,7 @@ def metrics_summary(
                  f"Its macro F1 is **{metrics['f1_macro']:.3f}** on a scale from 0 to 1: the balance of precision and "
                  "recall, averaged over the classes with equal weight, so a rare class the model gets wrong pulls it down."]
     if metrics.get("roc_auc") is not None:
-        sentences.append(f"ROC AUC is **{metrics['roc_auc']:.3f}**: the chance that a random \"{metrics['positive_class']}\" "
+        sentences.append(f"ROC AUC is **{metrics['roc_auc']:.3f}**: the chance that a random \"{escape_markdown(metrics['positive_class'])}\" "
                          "item gets a higher score than a random other item (0.5 is guessing, 1 is perfect).")
     if metrics.get("ece") is not None:
         sentences.append(f"The expected calibration error is **{metrics['ece']:.3f}**: the model's confidence is off by "
@@ -291,16 +291,6 @@ def plot_misclassified(
     plt.close(fig)
     return fig
 
-# %% ../nbs/04_evaluation.ipynb #349aeab1
-def _markdown_cell(
-    text,  # any value; it is shown with `str`
-    limit: int | None = None,  # cut to at most this many characters, ending in "…"
-) -> str:
-    "`text` on one line, cut to `limit` characters, with Markdown's special characters backslash-escaped."
-    text = " ".join(str(text).split())
-    if limit and len(text) > limit: text = text[:limit - 1].rstrip() + "…"
-    return re.sub(r"([\\`*_\[\]<>|#~&])", r"\\\1", text)
-
 # %% ../nbs/04_evaluation.ipynb #4db26fe0
 def worst_text_errors(
     texts,  # the text of each item, shape (n,)
@@ -317,6 +307,6 @@ def worst_text_errors(
     rows = ["| text | true | predicted | probability |", "|:--|:--|:--|--:|"]
     for index in indices:
         predicted = probs[index].argmax()
-        rows.append(f"| {_markdown_cell(texts[index], 160)} | {_markdown_cell(classes[y_true[index]])} "
-                    f"| {_markdown_cell(classes[predicted])} | {probs[index, predicted]:.3f} |")
+        rows.append(f"| {escape_markdown(texts[index], 160)} | {escape_markdown(classes[y_true[index]])} "
+                    f"| {escape_markdown(classes[predicted])} | {probs[index, predicted]:.3f} |")
     return "\n".join(rows)
