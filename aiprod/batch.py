@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import psutil, yaml
 from .core import AiprodError, ParameterError, RunFailed, UnknownNameError
-from .report import (PARTIAL_NOTEBOOK, RunPlan, find_template, finish_run, list_runs, plan_run, read_json,
+from .report import (PARTIAL_NOTEBOOK, RunPlan, find_template, finish_run, latest_attempts, list_runs, plan_run, read_json,
                            run_planned, running_cell, skip_unused_imports, start_run, template_names,
                            write_index)
 
@@ -141,10 +141,7 @@ def load_sweep(path: str | Path) -> Sweep:
 # %% ../nbs/08_batch.ipynb #05b8d8b5
 def latest_by_key(reports_dir: str | Path) -> dict[str, dict]:
     "The newest record of each run key in `reports_dir`."
-    latest = {}
-    for record in list_runs(reports_dir):
-        if "run_key" in record: latest.setdefault(record["run_key"], record)
-    return latest
+    return {key: record for key, record in latest_attempts(list_runs(reports_dir)).items() if "run_key" in record}
 
 def select_runs(plans: list[RunPlan],      # the sweep's runs
                 latest: dict[str, dict],   # from `latest_by_key`
@@ -179,10 +176,11 @@ def kill_all(processes: list[psutil.Process]):
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
 
-def run_environment(concurrent_runs: int, run_dir: str | Path = "") -> dict[str, str]:
-    "This process's environment for a run's process, with the run's share of the CPUs unless the user set one."
+def run_environment(concurrent_runs: int, run_dir: str | Path = "", scratch: str | Path | None = None) -> dict[str, str]:
+    "This process's environment for a run's process: the run's share of the CPUs unless the user set one; its own temporary folder."
     share = str(max(1, len(os.sched_getaffinity(0)) // max(1, concurrent_runs)))
-    return {**{name: share for name in THREAD_VARIABLES}, **os.environ, "AIPROD_RUN_DIR": str(run_dir)}
+    return {**{name: share for name in THREAD_VARIABLES}, **os.environ, "AIPROD_RUN_DIR": str(run_dir),
+            **({"TMPDIR": str(scratch)} if scratch else {})}
 
 def run_processes(run_dir: str | Path) -> list[psutil.Process]:
     "Every process started for the run in `run_dir` (its process, its kernel), found by the environment they inherit."
@@ -232,9 +230,9 @@ def supervise(plan: RunPlan,                 # the run
     "Run `plan` in a process of its own, watch it, make sure it ends with a report; a summary of the run."
     if should_stop(): return {"status": "NOT_STARTED", "run_key": plan.run_key, "overrides": plan.overrides}
     run_dir, started = start_run(plan, reports_dir), time.time()
-    with tempfile.TemporaryFile() as output:
+    with tempfile.TemporaryFile() as output, tempfile.TemporaryDirectory(prefix="aiprod-run-", ignore_cleanup_errors=True) as scratch:
         child = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=output, stderr=subprocess.STDOUT,
-                                 start_new_session=True, env=run_environment(concurrent_runs, run_dir))
+                                 start_new_session=True, env=run_environment(concurrent_runs, run_dir, scratch))
         child.stdin.write(json.dumps({"plan": asdict(plan), "run_dir": str(run_dir), "started": started}).encode())
         child.stdin.close()
         why = _wait(child, run_dir, started, timeout, should_stop)

@@ -4,23 +4,25 @@
 
 # %% ../nbs/09_cli.ipynb #ab71c355
 from __future__ import annotations
-import argparse, sys
+import argparse, math, sys
 from pathlib import Path
+from typing import Callable
 
 import yaml
 from .core import AiprodError, RunFailed
 from .batch import compare_runs, run_sweep, summary_table
-from .report import find_template, list_runs, run_report, skip_unused_imports, template_names, template_parameters
+from .report import (find_template, list_runs, plan_run, run_planned, secret_variable, skip_unused_imports, template_names,
+                           template_parameters)
 
 # %% auto #0
-__all__ = ['read_params_file', 'parser', 'run_command', 'templates_command', 'runs_command', 'batch_command', 'compare_command',
-           'main']
+__all__ = ['read_params_file', 'above_zero', 'parser', 'run_command', 'templates_command', 'runs_command', 'batch_command',
+           'compare_command', 'main']
 
 # %% ../nbs/09_cli.ipynb #2251db67
-def read_params_file(path: str | Path) -> dict:
-    "The parameter mapping in a YAML file."
+def read_params_file(path: str | Path, kind: str = "parameters") -> dict:
+    "The parameter mapping in a YAML file (`kind`: parameters, or secrets)."
     try: text = Path(path).read_text(encoding="utf-8")
-    except OSError as e: raise AiprodError(f"cannot read parameters file {path}: {e.strerror}") from e
+    except OSError as e: raise AiprodError(f"cannot read {kind} file {path}: {e.strerror}") from e
     try: values = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -31,6 +33,16 @@ def read_params_file(path: str | Path) -> dict:
     return values
 
 # %% ../nbs/09_cli.ipynb #7e13e43e
+def above_zero(kind: type) -> Callable[[str], int | float]:
+    "An argparse type: a finite `kind` (int or float) above 0, else an error that says so."
+    def parse(text: str):
+        try: value = kind(text)
+        except ValueError: value = None
+        if value is None or not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be a {'whole ' if kind is int else ''}number above 0, got {text!r}")
+        return value
+    return parse
+
 def parser() -> argparse.ArgumentParser:
     "The `aiprod` argument parser."
     main = argparse.ArgumentParser(prog="aiprod", description="Run parameterized report notebooks and keep their reports.")
@@ -39,19 +51,20 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("template", nargs="?", default="image_classification",
                      help="template name (see `aiprod templates`) or path to a notebook (default: image_classification)")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                     help="set a parameter; repeat for more; wins over -f")
+                     help="set a parameter; repeat for more; wins over -f (give secrets another way: see --secrets-file)")
     run.add_argument("-f", "--parameters-file", help="YAML file of parameters, e.g. a past run's params.yaml")
+    run.add_argument("--secrets-file", metavar="FILE", help="YAML file of secret parameters; or set AIPROD_SECRET_<NAME>")
     run.add_argument("--reports-dir", default="reports", help="folder of run folders and index.html (default: reports)")
     run.add_argument("--quiet", action="store_true", help="no per-cell progress bar")
     batch = commands.add_parser("batch", help="run a sweep (sweep.yaml) of runs, in parallel, then its comparison report")
     batch.add_argument("sweep", help="the sweep file: templates, params, grid and/or runs (see the batch module)")
     where = batch.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, default=1, help="runs at a time on this machine (default: 1)")
+    where.add_argument("--workers", type=above_zero(int), default=1, help="runs at a time on this machine (default: 1)")
     where.add_argument("--dask", metavar="ADDRESS", help="run on this Dask scheduler (tcp://host:8786); "
                        "the reports folder must be shared storage, at the same path on every worker")
     batch.add_argument("--force", action="store_true", help="run again even the runs that already succeeded")
     batch.add_argument("--retry-failed", action="store_true", help="run only the runs whose latest attempt failed")
-    batch.add_argument("--timeout", type=float, metavar="S", help="seconds a run may take before it is stopped and FAILED")
+    batch.add_argument("--timeout", type=above_zero(float), metavar="S", help="seconds a run may take before it is stopped and FAILED")
     batch.add_argument("--reports-dir", default="reports", help="folder of run folders and index.html (default: reports)")
     batch.add_argument("--quiet", action="store_true", help="no live progress line")
     compare = commands.add_parser("compare", help="make a comparison report of past runs")
@@ -66,10 +79,14 @@ def parser() -> argparse.ArgumentParser:
 
 # %% ../nbs/09_cli.ipynb #165f95da
 def run_command(args) -> int:
-    "`aiprod run`: merge parameter sources, run, print where the report is."
+    "`aiprod run`: merge parameter sources, plan (warning about a secret given with -p), run, print where the report is."
     params = read_params_file(args.parameters_file) if args.parameters_file else {}
     params.update(dict(args.parameter))
-    try: run_dir = run_report(args.template, params, args.reports_dir, progress=not args.quiet)
+    plan = plan_run(args.template, params, secrets=read_params_file(args.secrets_file, "secrets") if args.secrets_file else {})
+    for name in sorted(plan.secrets.keys() & dict(args.parameter).keys()):
+        print(f"aiprod: warning: secret parameter {name!r} was given with -p, where other users of this machine can read it "
+              f"(`ps`) while the run lasts; set {secret_variable(name)} or use --secrets-file instead", file=sys.stderr)
+    try: run_dir = run_planned(plan, args.reports_dir, progress=not args.quiet)
     except RunFailed as e:
         print(f"aiprod: FAILED: {e}", file=sys.stderr)
         return 1

@@ -4,24 +4,26 @@
 
 # %% ../nbs/05_report.ipynb #bc6fc071
 from __future__ import annotations
-import ast, fcntl, hashlib, html, importlib.resources, json, os, re, secrets, sys, tempfile, time
+import ast, fcntl, hashlib, html, importlib.resources, json, operator, os, re, secrets, sys, tempfile, time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import yaml
-from .core import AiprodError, ParameterError, RunFailed, UnknownNameError, atomic_write, environment
+from .core import AiprodError, ParameterError, RunFailed, UnknownNameError, atomic_write, environment, escape_markdown
 
 # %% auto #0
-__all__ = ['TEMPLATES_DIR', 'PARTIAL_NOTEBOOK', 'REPORT_CSS', 'INDEX_CSS', 'INDEX_JS', 'template_names', 'find_template',
-           'Parameter', 'template_parameters', 'coerce', 'existing_path', 'resolve_params', 'new_run_id',
-           'make_run_dir', 'save_metrics', 'read_json', 'data_markdown', 'prep_markdown', 'tokenization_markdown',
-           'model_markdown', 'training_markdown', 'RunPlan', 'run_key', 'plan_run', 'skip_unused_imports',
-           'secret_variable', 'with_secret_cell', 'execute', 'redact', 'running_cell', 'format_metric', 'header_html',
-           'render_html', 'list_runs', 'sweep_groups', 'index_html', 'write_index', 'start_run', 'finish_run',
-           'run_planned', 'run_report']
+__all__ = ['TEMPLATES_DIR', 'MIN_SECRET_LENGTH', 'PARTIAL_NOTEBOOK', 'REPORT_CSS', 'INDEX_CSS', 'INDEX_JS', 'template_names',
+           'find_template', 'Parameter', 'papermill_path', 'template_parameters', 'coerce', 'existing_path',
+           'check_rule', 'resolve_params', 'new_run_id', 'make_run_dir', 'save_metrics', 'read_json', 'data_markdown',
+           'prep_markdown', 'tokenization_markdown', 'model_markdown', 'training_markdown', 'RunPlan', 'run_key',
+           'secret_variable', 'secret_values', 'plan_run', 'skip_unused_imports', 'with_secret_cell',
+           'environment_variables', 'kernel_manager', 'execute', 'redact', 'redact_files', 'running_cell',
+           'format_metric', 'header_html', 'render_html', 'list_runs', 'sweep_groups', 'latest_attempts', 'index_html',
+           'write_index', 'start_run', 'finish_run', 'run_planned', 'run_report']
 
 # %% ../nbs/05_report.ipynb #c2730282
 TEMPLATES_DIR = Path(str(importlib.resources.files("aiprod"))) / "templates"
@@ -39,6 +41,9 @@ def find_template(name: str) -> Path:
     return TEMPLATES_DIR / f"{name}.ipynb"
 
 # %% ../nbs/05_report.ipynb #4acad956
+_RULE = re.compile(r"\[([^\[\]]*)\]\s*$")  # the bracket that ends a help text
+_BOUND = re.compile(r"([<>≤≥])\s*(-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)")
+
 @dataclass
 class Parameter:
     name: str
@@ -50,14 +55,35 @@ class Parameter:
     @property
     def secret(self) -> bool: return self.help.lower().startswith("secret:")
 
+    @property
+    def rule(self) -> str:
+        "The text of the bracket that ends the help (`one of: a, b` or `≥ 0, < 1`), or ''."
+        found = _RULE.search(self.help)
+        return found[1].strip() if found else ""
+
+    @property
+    def choices(self) -> list[str]:
+        "The valid values, from `[one of: a, b]`; empty when any value will do."
+        return [c.strip() for c in self.rule.removeprefix("one of:").split(",")] if self.rule.startswith("one of:") else []
+
+    @property
+    def bounds(self) -> list[tuple[str, float]]:
+        "The comparisons a value (each item of a list) must pass, from `[≥ 0, < 1]`; empty for no range."
+        found = [_BOUND.fullmatch(part.strip()) for part in self.rule.split(",")] if self.rule else []
+        return [(m[1], float(m[2])) for m in found] if found and all(found) else []
+
 def _parameter(name: str, inferred: dict) -> Parameter:
     try: return Parameter(name, inferred["inferred_type_name"], ast.literal_eval(inferred["default"]), inferred["help"])
     except (ValueError, SyntaxError): return Parameter(name, inferred["inferred_type_name"], inferred["default"], inferred["help"], False)
 
+def papermill_path(path: str | Path) -> str:
+    "`path` as papermill takes it: papermill fills `{name}` in paths from the parameters, so real braces are doubled."
+    return str(path).replace("{", "{{").replace("}", "}}")
+
 def template_parameters(path: str | Path) -> dict[str, Parameter]:
     "The parameters declared in the notebook's `parameters` cell, in order."
     from papermill import inspect_notebook
-    return {name: _parameter(name, inferred) for name, inferred in inspect_notebook(str(path)).items()}
+    return {name: _parameter(name, inferred) for name, inferred in inspect_notebook(papermill_path(path)).items()}
 
 # %% ../nbs/05_report.ipynb #640f16ce
 _PYTHON_TYPES = {"int": (int,), "float": (float, int), "str": (str,), "bool": (bool,), "list": (list,), "dict": (dict,)}
@@ -90,6 +116,25 @@ def existing_path(template: str, parameter: Parameter, value: str) -> str:
                              template, parameter.name)
     return str(path)
 
+_COMPARE = {"<": operator.lt, "≤": operator.le, ">": operator.gt, "≥": operator.ge}
+
+def _follows(parameter: Parameter, item: Any) -> bool:
+    if parameter.choices and str(item) not in parameter.choices: return False
+    number = isinstance(item, (int, float)) and not isinstance(item, bool)
+    return not parameter.bounds or number and all(_COMPARE[op](item, limit) for op, limit in parameter.bounds)
+
+def check_rule(template: str, parameter: Parameter, value: Any) -> Any:
+    "`value` if it (each item, for a list) is one of the parameter's choices and in its range; else a ParameterError."
+    if not (parameter.choices or parameter.bounds): return value
+    for item in value if isinstance(value, list) else [value]:
+        if _follows(parameter, item): continue
+        rule = f"one of: {', '.join(parameter.choices)}" if parameter.choices else \
+               " and ".join(f"{op} {limit:g}" for op, limit in parameter.bounds)
+        each, where = ("each item of ", f" in {value!r}") if isinstance(value, list) else ("", "")
+        raise ParameterError(f"{each}parameter {parameter.name!r} of template {template!r} must be {rule}; got {item!r}{where}",
+                             template, parameter.name)
+    return value
+
 def resolve_params(template: str, path: str | Path, values: dict[str, Any]) -> dict[str, Any]:
     "The template's defaults overridden by `values`, checked against the declared parameters."
     declared = template_parameters(path)
@@ -97,7 +142,7 @@ def resolve_params(template: str, path: str | Path, values: dict[str, Any]) -> d
         if name not in declared:
             raise ParameterError(f"template {template!r} has no parameter {name!r}; its parameters: {', '.join(declared)}",
                                  template, name)
-    params = {name: coerce(template, p, values[name]) if name in values else p.default
+    params = {name: check_rule(template, p, coerce(template, p, values[name]) if name in values else p.default)
               for name, p in declared.items() if name in values or p.literal}
     return {name: existing_path(template, declared[name], value) if name.endswith("_path") and isinstance(value, str)
             else value for name, value in params.items()}
@@ -142,18 +187,18 @@ def data_markdown(summary: dict) -> str:
     unit = {"text": "words", "audio": "seconds"}.get(summary["kind"], "")
     shape = f", each of shape {tuple(summary['input_shape'])}" if summary["input_shape"] else ""
     length_head, length_rule = (" length (median / 95% / max) |", "---|") if unit else ("", "")
-    rows = "\n".join(f"| {name} | {part['size']:,} |{' ' + _length_cell(part, unit) + ' |' if unit else ''} `{part['fingerprint']}` |"
+    rows = "\n".join(f"| {escape_markdown(name)} | {part['size']:,} |{' ' + _length_cell(part, unit) + ' |' if unit else ''} `{part['fingerprint']}` |"
                      for name, part in summary["splits"].items())
-    return (f"**{summary['name']}**: {sum(p['size'] for p in summary['splits'].values()):,} {summary['kind']} examples of "
+    return (f"**{escape_markdown(summary['name'])}**: {sum(p['size'] for p in summary['splits'].values()):,} {summary['kind']} examples of "
             f"{len(summary['classes'])} classes{shape}.  \n"
-            f"Source: {summary['source']}. Licence: {summary['license']}. Data fingerprint: `{summary['fingerprint']}`.\n\n"
+            f"Source: {escape_markdown(summary['source'])}. Licence: {escape_markdown(summary['license'])}. Data fingerprint: `{summary['fingerprint']}`.\n\n"
             f"| split | examples |{length_head} fingerprint |\n|---|---:|{length_rule}---|\n{rows}\n\n" + prep_markdown(summary["info"]))
 
 def prep_markdown(info: dict) -> str:
     "What loading and preparation did to the data (skipped items, cleaning, scaling), as Markdown."
     notes = []
     if skipped := info.get("skipped"):
-        listed = "".join(f"\n  - {item}" for item in skipped[:10])
+        listed = "".join(f"\n  - {escape_markdown(item, limit=200)}" for item in skipped[:10])
         notes.append(f"**{len(skipped)} unreadable items were skipped**{' (the first 10 listed)' if len(skipped) > 10 else ''}:{listed}")
     if c := info.get("cleaning"):
         notes.append(f"Cleaning: of {c['rows_in']:,} rows, {c['changed_by_normalization']:,} were changed by Unicode and "
@@ -164,14 +209,14 @@ def prep_markdown(info: dict) -> str:
         notes.append(f"Images are normalised with the per-channel mean {[round(m, 4) for m in n['mean']]} and standard "
                      f"deviation {[round(d, 4) for d in n['std']]} of the training split.")
     if f := info.get("features"):
-        notes.append(f"Features: {f['name']} at {f['sample_rate']:,} Hz, {f['frames']} frames per recording "
+        notes.append(f"Features: {escape_markdown(f['name'])} at {f['sample_rate']:,} Hz, {f['frames']} frames per recording "
                      f"(longer ones are cut, shorter ones padded)"
                      + ("; standardised with the training split's mean and deviation." if "standardization" in info else "."))
     return "\n".join(f"- {note}" for note in notes) + ("\n" if notes else "")
 
 def tokenization_markdown(fit: dict, bert_seq_len: int | None = None) -> str:
     "How texts become token ids (from `text.tokenization_summary`), as Markdown."
-    rows = "\n".join(f"| {name} | {split['unknown_share']:.1%} | {split['cut_share']:.1%} |" for name, split in fit["splits"].items())
+    rows = "\n".join(f"| {escape_markdown(name)} | {split['unknown_share']:.1%} | {split['cut_share']:.1%} |" for name, split in fit["splits"].items())
     bert = f" BERT's WordPiece tokenizer needs {bert_seq_len} tokens to hold 95% of the training texts whole." if bert_seq_len else ""
     return (f"Word vocabulary (for an LSTM): {fit['vocab_size']:,} tokens from the training split, `<pad>` and `<unk>` "
             f"included; texts are padded or cut to {fit['seq_len']} tokens.{bert}\n\n"
@@ -179,8 +224,8 @@ def tokenization_markdown(fit: dict, bert_seq_len: int | None = None) -> str:
 
 def model_markdown(summary: dict) -> str:
     "Architecture, size and config as Markdown."
-    config = ", ".join(f"{k}={v}" for k, v in summary["config"].items())
-    return f"**{summary['architecture']}** with {summary['parameters']:,} trainable parameters ({config})."
+    config = ", ".join(f"{escape_markdown(k)}={escape_markdown(v)}" for k, v in summary["config"].items())
+    return f"**{escape_markdown(summary['architecture'])}** with {summary['parameters']:,} trainable parameters ({config})."
 
 def training_markdown(history: list[dict], best_epoch: int | None, stopped_epoch: int | None, seconds: float) -> str:
     "How training went, in two sentences, as Markdown."
@@ -199,7 +244,7 @@ class RunPlan:
     params: dict[str, Any]        # every public value injected, defaults included
     overrides: dict[str, Any]     # the public values that were given
     run_key: str                  # content hash of the template file and `params`
-    secrets: dict[str, str] = field(default_factory=dict)  # secret values: never written anywhere
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)  # secret values: never written anywhere
     sweep: str | None = None      # the sweep this run belongs to
     role: str = "run"             # "comparison" for a comparison report
 
@@ -209,44 +254,50 @@ def run_key(path: str | Path, params: dict, secret_names: list[str] = ()) -> str
     digest.update(json.dumps({"params": params, "secrets": sorted(secret_names)}, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
 
+MIN_SECRET_LENGTH = 8  # shorter values cannot be redacted safely: they would match ordinary text
+
+def secret_variable(name: str) -> str:
+    "The environment variable that carries secret parameter `name` (from the user, and to the kernel)."
+    return f"AIPROD_SECRET_{name.upper()}"
+
+def secret_values(template: str, declared: dict[str, Parameter], given: dict, from_file: dict) -> dict[str, str]:
+    "Each secret parameter's value: given, else from the secrets file, else from its environment variable."
+    names = [name for name, p in declared.items() if p.secret]
+    for name in from_file:
+        if name not in names: raise ParameterError(f"template {template!r} has no secret parameter {name!r} (from the secrets "
+                                                   f"file); its secret parameters: {', '.join(names) or '(none)'}", template, name)
+    found = {n: given.get(n, from_file.get(n, os.environ.get(secret_variable(n)))) for n in names}
+    for name, value in found.items():
+        where = f"secret parameter {name!r} of template {template!r}"
+        if value is not None and not isinstance(value, str): raise ParameterError(f"{where} must be text", template, name)
+        if value and len(value) < MIN_SECRET_LENGTH:
+            raise ParameterError(f"{where} is {len(value)} characters long: secrets need {MIN_SECRET_LENGTH} at least, "
+                                 "or they cannot be redacted safely", template, name)
+    return {name: value for name, value in found.items() if value}
+
 def plan_run(template: str,                    # template name, or a path to a notebook
              params: dict[str, Any] | None = None,  # parameter values; text is parsed by the declared type
              sweep: str | None = None,          # the sweep the run belongs to
              role: str = "run",                 # "comparison" for a comparison report
+             secrets: dict[str, str] | None = None,  # secret parameters' values, e.g. from a secrets file
             ) -> RunPlan:
     "Check a run's template and parameters and plan it, before anything is written."
     path = find_template(template)
     declared, given = template_parameters(path), dict(params or {})
-    secrets = {k: str(given.pop(k)) for k in list(given) if k in declared and declared[k].secret}
-    resolved = {k: v for k, v in resolve_params(path.stem, path, given).items() if not declared[k].secret}
-    overrides = {k: resolved[k] for k in given}
+    found = secret_values(path.stem, declared, given, secrets or {})
+    public = {k: v for k, v in given.items() if not (k in declared and declared[k].secret)}
+    resolved = {k: v for k, v in resolve_params(path.stem, path, public).items() if not declared[k].secret}
+    overrides = {k: resolved[k] for k in public}
     where = str(path.resolve()) if template.endswith(".ipynb") else template
-    return RunPlan(where, path.stem, resolved, overrides, run_key(path, resolved, list(secrets)), secrets, sweep, role)
+    return RunPlan(where, path.stem, resolved, overrides, run_key(path, resolved, list(found)), found, sweep, role)
 
 # %% ../nbs/05_report.ipynb #7c92192b
 def skip_unused_imports():
     "Keep this process from importing `rfc3987_syntax` (1.5 s of grammar compiling for a check notebooks never use)."
     sys.modules.setdefault("rfc3987_syntax", None)
-#
-# papermill injects the parameters as a new cell after the `parameters` cell and runs the notebook in a fresh
-# kernel whose working directory is the run folder. When a cell raises, papermill still writes the executed
-# notebook, with an error banner and the traceback under the failing cell, before raising
-# `PapermillExecutionError`; that notebook becomes the FAILED report. The notebook is written under a temporary
-# name (`.notebook.partial.ipynb`, saved as each cell starts and ends) and renamed when execution ends. The kernel
-# logs only errors: its start-up warnings mean nothing to the person reading the terminal.
-#
-# Secret parameters are not given to papermill, which would write them into the notebook and its metadata.
-# Instead, a copy of the template gets one more cell after the parameters, tagged `injected-secrets`, that takes
-# each value from an environment variable (`AIPROD_SECRET_<NAME>`) and removes it from the kernel's environment.
-# The variable is set in this process just for the execution; the kernel inherits it. This is one more reason why
-# a run executes in a process of its own.
 
 # %% ../nbs/05_report.ipynb #fd0aa372
 PARTIAL_NOTEBOOK = ".notebook.partial.ipynb"
-
-def secret_variable(name: str) -> str:
-    "The environment variable that carries secret parameter `name` to the kernel."
-    return f"AIPROD_SECRET_{name.upper()}"
 
 def with_secret_cell(template: Path, names: list[str], folder: Path) -> Path:
     "A copy of `template`, in `folder`, that reads the secret parameters `names` from the environment."
@@ -259,32 +310,82 @@ def with_secret_cell(template: Path, names: list[str], folder: Path) -> Path:
     nbformat.write(nb, folder / template.name)
     return folder / template.name
 
+@contextmanager
+def environment_variables(values: dict[str, str]):
+    "Set `values` in this process's environment while inside; then put back what was there before."
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try: yield
+    finally:
+        for name, value in before.items():
+            if value is None: os.environ.pop(name, None)
+            else: os.environ[name] = value
+
+def kernel_manager() -> type:
+    "`RunKernelManager`: jupyter_client's kernel manager, except that shutting a kernel down does not interrupt it."
+    from jupyter_client.manager import AsyncKernelManager
+    class RunKernelManager(AsyncKernelManager):
+        async def _async_interrupt_kernel(self):
+            if not self.shutting_down: await super()._async_interrupt_kernel()
+    return RunKernelManager
+
 def execute(template: Path, params: dict, run_dir: Path, progress: bool = True, secrets: dict | None = None) -> dict | None:
     "Execute `template` with `params` (and `secrets`) in `run_dir` into `notebook.ipynb`; the error, if a cell failed."
     import papermill
     partial, error, secrets = run_dir / PARTIAL_NOTEBOOK, None, secrets or {}
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, environment_variables({secret_variable(k): v for k, v in secrets.items()}):
         source = with_secret_cell(template, list(secrets), Path(scratch)) if secrets else template
-        os.environ.update({secret_variable(k): v for k, v in secrets.items()})
         try:
-            papermill.execute_notebook(str(source), str(partial), parameters=params, cwd=str(run_dir),
-                                       progress_bar=progress, extra_arguments=["--IPKernelApp.log_level=ERROR"])
+            papermill.execute_notebook(papermill_path(source), papermill_path(partial), parameters=params, cwd=str(run_dir), progress_bar=progress,
+                                       extra_arguments=["--IPKernelApp.log_level=ERROR"], kernel_manager_class=kernel_manager())
         except papermill.PapermillExecutionError as e:
             error = {"ename": e.ename, "evalue": e.evalue, "cell_index": e.cell_index, "execution_count": e.exec_count}
         except Exception as e:  # the kernel died or could not start: no cell to blame
             error = {"ename": type(e).__name__, "evalue": str(e), "cell_index": None, "execution_count": None}
-        finally:
-            for name in secrets: os.environ.pop(secret_variable(name), None)
     if partial.exists(): os.replace(partial, run_dir / "notebook.ipynb")
     return error
 
 # %% ../nbs/05_report.ipynb #b3ea584c
-def redact(text: str, secrets: dict[str, str]) -> str:
-    "`text` with every secret value (also in its JSON-escaped form) replaced by `<secret>`."
-    for value in secrets.values():
-        if len(value) >= 4:
-            for form in {value, json.dumps(value)[1:-1]}: text = text.replace(form, "<secret>")
-    return text
+def _forms(secrets: dict[str, str]) -> list[str]:
+    "Each secret as typed, JSON-escaped (ASCII or not) and HTML-escaped; longest first."
+    forms = {form for s in secrets.values() if s
+             for form in (s, json.dumps(s)[1:-1], json.dumps(s, ensure_ascii=False)[1:-1], html.escape(s))}
+    return sorted(forms, key=len, reverse=True)
+
+def redact(value: Any, secrets: dict[str, str]) -> Any:
+    "`value` (a text, or the texts in a dict or list) with every form of every secret replaced by `<secret>`."
+    if isinstance(value, str):
+        for form in _forms(secrets): value = value.replace(form, "<secret>")
+        return value
+    if isinstance(value, dict): return {redact(k, secrets): redact(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)): return [redact(v, secrets) for v in value]
+    return value
+
+def _holds(path: str, forms: list[bytes]) -> bool:
+    "Whether the file at `path` contains one of `forms`, read 16 MiB at a time."
+    tail, overlap = b"", max(map(len, forms)) - 1
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            window = tail + chunk
+            if any(form in window for form in forms): return True
+            tail = window[-overlap:] if overlap else b""
+    return False
+
+def redact_files(folder: Path, secrets: dict[str, str]) -> list[str]:
+    "Redact every text file under `folder` in place; the binary files that hold a secret (they cannot be redacted)."
+    forms, binary = [f.encode() for f in _forms(secrets)], []
+    if not forms: return binary
+    for root, _, names in os.walk(folder):  # never into a linked folder, never through a linked file
+        for path in (os.path.join(root, n) for n in sorted(names)):
+            if os.path.islink(path) or not os.path.isfile(path) or not _holds(path, forms): continue
+            try: text = Path(path).read_bytes().decode("utf-8")
+            except UnicodeDecodeError:
+                binary.append(os.path.relpath(path, folder))
+                continue
+            mode = os.stat(path).st_mode & 0o777
+            with atomic_write(path) as f: f.write(redact(text, secrets))
+            os.chmod(path, mode)  # a file the notebook kept private stays private
+    return binary
 
 # %% ../nbs/05_report.ipynb #c8d9b426
 def running_cell(notebook: Path) -> int | None:
@@ -326,6 +427,13 @@ def _failure_html(error: dict | None) -> str:
     shown = "\nThe cell that failed is shown below, with its code." if error["cell_index"] is not None else ""
     return f'<p class="aiprod-error">{html.escape(error["ename"])}: {html.escape(error["evalue"])}{shown}</p>'
 
+def _notes_html(record: dict) -> str:
+    "Why the report shows no outputs, and which files hold a secret aiprod could not redact."
+    notes = [f"No outputs below: {why}; these are the template's cells." for why in [record.get("render_error")] if why]
+    if files := record.get("unredacted_files"):
+        notes.append(f"A secret's value is in {', '.join(files)}, binary files that aiprod cannot redact: do not share them.")
+    return "".join(f'<p class="aiprod-error">{html.escape(note)}</p>' for note in notes)
+
 def header_html(record: dict) -> str:
     "The report's header: status, key metrics, error, parameters, timings, environment, data."
     status = record["status"]
@@ -341,7 +449,7 @@ def header_html(record: dict) -> str:
              "data": f'{data.get("name", "n/a")} (fingerprint {data.get("fingerprint", "n/a")})'}
     return (f'<style>{REPORT_CSS}</style><div class="aiprod-header">'
             f'<span class="aiprod-status aiprod-{status}">{status}</span>'
-            f'<h1>{html.escape(_title(record["template"]))}</h1>{_failure_html(record.get("error"))}'
+            f'<h1>{html.escape(_title(record["template"]))}</h1>{_failure_html(record.get("error"))}{_notes_html(record)}'
             f'<div class="aiprod-metrics">{metrics}</div>'
             f'<button onclick="document.body.classList.toggle(\'show-code\')">Show / hide code</button>'
             f'<h3>Parameters</h3>{_table({**record["params"], **secret})}<h3>Run</h3>{_table(facts)}</div>')
@@ -381,6 +489,12 @@ def sweep_groups(runs: list[dict]) -> dict[str | None, list[dict]]:
     groups = {}
     for run in runs: groups.setdefault(run.get("sweep"), []).append(run)
     return groups
+
+def latest_attempts(runs: list[dict]) -> dict[str, dict]:
+    "The latest record of each run in `runs` (newest first), by run key; a record without a key stands alone."
+    latest = {}
+    for run in runs: latest.setdefault(run.get("run_key") or run["run_id"], run)
+    return latest
 
 # %% ../nbs/05_report.ipynb #9803ba48
 INDEX_CSS = """body{font-family:system-ui,sans-serif;margin:2em} table{border-collapse:collapse}
@@ -447,9 +561,11 @@ def _run_row(r: dict, names: list[str]) -> str:
 
 def _group_head(sweep: str | None, runs: list[dict], width: int) -> str:
     comparisons = [r for r in runs if r.get("role") == "comparison" and "template" in r]
-    counts = Counter(r["status"].lower() for r in runs if r.get("role") != "comparison")
-    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    total = sum(counts.values())
+    attempts = [r for r in runs if r.get("role") != "comparison"]
+    counts = Counter(r["status"].lower() for r in latest_attempts(attempts).values())  # a run retried counts once
+    total, earlier = sum(counts.values()), len(attempts) - sum(counts.values())
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + \
+              (f"; {earlier} earlier attempt{'' if earlier == 1 else 's'}" if earlier else "")
     title = f"sweep {html.escape(sweep)}" if sweep else "runs outside any sweep"
     link = f' · <a href="{html.escape(comparisons[0]["run_id"])}/report.html">comparison report</a>' if comparisons else ""
     return f'<tr class="group"><th colspan="{width}">{title}: {total} run{"" if total == 1 else "s"} ({summary}){link}</th></tr>'
@@ -485,11 +601,12 @@ def start_run(plan: RunPlan, reports_dir: str | Path) -> Path:
     return run_dir
 
 def _render(notebook: Path, template: Path, record: dict) -> str:
-    "The report from the executed notebook; from the template when there is none, or it was cut short unreadably."
-    if notebook.exists():
-        try: return render_html(notebook, record)
-        except Exception: pass
-    return render_html(template, record)
+    "The report from the executed notebook; else from the template, with the reason in the record and the header."
+    try: return render_html(notebook, record)
+    except Exception as e:
+        record["render_error"] = "the run saved no executed notebook" if not notebook.exists() else \
+                                 f"the executed notebook could not be rendered ({type(e).__name__}: {e})"
+        return render_html(template, record)
 
 def finish_run(plan: RunPlan,             # the run's plan
                run_dir: Path,             # its folder, made by `start_run`
@@ -500,13 +617,13 @@ def finish_run(plan: RunPlan,             # the run's plan
     "Write a run's final `metrics.json`, `report.html` and index row; returns the record."
     partial, notebook, ended = run_dir / PARTIAL_NOTEBOOK, run_dir / "notebook.ipynb", time.time()
     if partial.exists(): os.replace(partial, notebook)
-    if plan.secrets and notebook.exists(): notebook.write_text(redact(notebook.read_text(), plan.secrets))
-    if error: error = {k: redact(v, plan.secrets) if isinstance(v, str) else v for k, v in error.items()}
+    unredacted = redact_files(run_dir, plan.secrets)  # what the kernel wrote: the notebook, its metrics.json, any file
     results = {k: v for k, v in read_json(run_dir / "metrics.json").items() if k != "status"}
-    record = {**results, "run_id": run_dir.name, "template": plan.name, "status": status or ("FAILED" if error else "SUCCEEDED"),
-              "error": error, "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
-              "params": plan.params, "overrides": plan.overrides, "secret_params": sorted(plan.secrets), "sweep": plan.sweep,
-              "run_key": plan.run_key, "role": plan.role, "environment": environment(), "timings": {"execute_s": ended - started}}
+    record = redact({**results, "run_id": run_dir.name, "template": plan.name, "status": status or ("FAILED" if error else "SUCCEEDED"),
+                     "error": error, "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+                     "params": plan.params, "overrides": plan.overrides, "secret_params": sorted(plan.secrets), "sweep": plan.sweep,
+                     "run_key": plan.run_key, "role": plan.role, "environment": environment(), "timings": {"execute_s": ended - started},
+                     **({"unredacted_files": unredacted} if unredacted else {})}, plan.secrets)
     page = redact(_render(notebook, find_template(plan.template), record), plan.secrets)
     with atomic_write(run_dir / "report.html") as f: f.write(page)
     record["timings"].update(render_s=time.time() - ended, total_s=time.time() - started)
@@ -518,9 +635,8 @@ def run_planned(plan: RunPlan, reports_dir: str | Path, progress: bool = True,
                 run_dir: Path | None = None, started: float | None = None) -> Path:
     "Execute a planned run in this process and finish it (raises `RunFailed` after writing a FAILED report)."
     run_dir, started = run_dir or start_run(plan, reports_dir), started or time.time()
-    error = execute(find_template(plan.template), plan.params, run_dir, progress, plan.secrets)
-    finish_run(plan, run_dir, started, error)
-    if error:
+    error = finish_run(plan, run_dir, started, execute(find_template(plan.template), plan.params, run_dir, progress, plan.secrets))["error"]
+    if error:  # from the record: redacted
         raise RunFailed(f"run {run_dir.name} failed: {error['ename']}: {error['evalue']} (report: {run_dir / 'report.html'})",
                         run_dir, error["cell_index"], error["ename"], error["evalue"])
     return run_dir
@@ -531,6 +647,7 @@ def run_report(template: str = "image_classification", # template name, or a pat
                progress: bool = True,                      # show papermill's per-cell progress bar
                sweep: str | None = None,                   # the sweep the run belongs to, recorded in metrics.json
                role: str = "run",                          # "comparison" for a sweep's comparison report
+               secrets: dict[str, str] | None = None,      # secret parameters' values (see `plan_run`)
               ) -> Path:
     "Run a report template end to end; returns the run folder (raises `RunFailed` after writing a FAILED report)."
-    return run_planned(plan_run(template, params, sweep, role), reports_dir, progress)
+    return run_planned(plan_run(template, params, sweep, role, secrets), reports_dir, progress)

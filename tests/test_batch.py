@@ -1,6 +1,6 @@
 """`aiprod batch` and `aiprod compare` end to end: real sweeps of tiny runs, each in its own process and kernel, on two
 local workers or a real Dask LocalCluster; failures, timeouts, dead kernels and Ctrl-C; skipping and retrying."""
-import json, signal, subprocess, time
+import json, os, signal, subprocess, time
 from pathlib import Path
 
 import psutil
@@ -73,6 +73,8 @@ def test_retry_failed_reruns_only_failures_and_force_reruns_all(tmp_path):
     assert retried.returncode == 1 and "SUCCEEDED (earlier)" in retried.stdout
     runs = records(tmp_path / "reports")
     assert sorted((r["params"]["fail"], r["status"]) for r in runs) == [("", "SUCCEEDED"), ("raise", "FAILED"), ("raise", "FAILED")]
+    index = (tmp_path / "reports" / "index.html").read_text()   # a run tried twice counts once, by its latest attempt
+    assert f"sweep {runs[0]['sweep']}: 2 runs (1 failed, 1 succeeded; 1 earlier attempt)" in index, index
     forced = run_cli("aiprod", "batch", sweep, "--workers", "2", "--force", cwd=tmp_path)
     assert forced.returncode == 1 and len(records(tmp_path / "reports")) == 5
 
@@ -88,8 +90,10 @@ def test_sigint_stops_the_sweep_cleanly(tmp_path):
     "Ctrl-C: finished runs keep their reports, running ones are INTERRUPTED, no kernel survives, the index is whole."
     sweep = sweep_file(tmp_path, "runs:\n  - {x: 1}\n  - {x: 2, sleep: 60, marker: started}\n  - {x: 3, sleep: 60, marker: started}\n"
                                  "  - {x: 4}\n", comparison=True)
+    temporary = tmp_path / "tmp"  # the sweep's temporary folder: kernels' connection files go under it
+    temporary.mkdir()
     batch = subprocess.Popen([BIN / "aiprod", "batch", sweep, "--workers", "2"], cwd=tmp_path, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(temporary)})
     _wait_for(lambda: len(list((tmp_path / "reports").glob("*/started"))) == 2)
     family = psutil.Process(batch.pid).children(recursive=True)
     assert any("ipykernel" in " ".join(p.cmdline()) for p in family)   # two kernels are running
@@ -99,6 +103,7 @@ def test_sigint_stops_the_sweep_cleanly(tmp_path):
     assert "interrupted" in err and "INTERRUPTED" in out
     gone, alive = psutil.wait_procs(family, timeout=5)
     assert not alive, [p.cmdline() for p in alive]                     # no orphan kernel or run process
+    assert not list(temporary.rglob("*")), list(temporary.rglob("*"))  # no kernel connection file, nothing at all
     by_x = {r["params"]["x"]: r for r in records(tmp_path / "reports")}
     assert by_x[1]["status"] == "SUCCEEDED" and 4 not in by_x          # x=4 never started
     assert by_x[2]["status"] == by_x[3]["status"] == "INTERRUPTED"
@@ -134,6 +139,31 @@ def test_secret_parameter_is_never_written(tmp_path):
     leaks = [p for p in (tmp_path / "reports").rglob("*") if p.is_file() and token in p.read_text(errors="replace")]
     assert not leaks and token not in done.stdout + done.stderr
     assert all(r["secret_params"] == ["api_token"] and "api_token" not in r["params"] for r in runs)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--workers", "0"], "argument --workers: must be a whole number above 0, got '0'"),
+    (["--workers", "-1"], "argument --workers: must be a whole number above 0, got '-1'"),
+    (["--timeout", "-1"], "argument --timeout: must be a number above 0, got '-1'"),
+    (["--timeout", "0"], "argument --timeout: must be a number above 0, got '0'"),
+])
+def test_bad_flags_fail_before_running(tmp_path, flags, message):
+    done = run_cli("aiprod", "batch", sweep_file(tmp_path, "grid:\n  x: [1, 2]\n"), *flags, cwd=tmp_path)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "reports").exists()
+
+
+def test_secret_quoted_or_saved_is_redacted_in_sweeps(tmp_path):
+    "A sweep's secret from the environment: runs that quote it in an error or save it show <secret>, in every file and output."
+    token = "tok-2f1a9b7d4e60"
+    sweep = sweep_file(tmp_path, "runs:\n  - {leak: raise}\n  - {leak: save}\n", template=FIXTURES / "secret.ipynb")
+    done = subprocess.run([BIN / "aiprod", "batch", sweep, "--workers", "2"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "AIPROD_SECRET_API_TOKEN": token})
+    assert done.returncode == 1 and "PermissionError: auth failed for <secret>" in done.stdout, done.stdout + done.stderr
+    by_leak = {r["params"]["leak"]: r for r in records(tmp_path / "reports")}
+    assert by_leak["save"]["leaked"]["token"] == "<secret>" and by_leak["raise"]["metrics"]["token_length"] == len(token)
+    leaks = [p for p in (tmp_path / "reports").rglob("*") if p.is_file() and token in p.read_text(errors="replace")]
+    assert not leaks and token not in done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("body, message", [
