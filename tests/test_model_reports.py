@@ -32,4 +32,4 @@ def test_template_smoke_run(tmp_path, template, dataset, extra, expected, figure
     if template == "text_classification":
         assert record["metrics"]["test_roc_auc"] is not None
         bert = record["params"]["model"] == "bert"
-        assert (run_dir / "vocab.json").exists() != bert and ("tokenizer" in record["training"]) == bert
+        assert (run_dir / "preprocessing" / "vocab.json").exists() != bert and ("tokenizer" in record["training"]) == bert
