@@ -7,14 +7,13 @@ from __future__ import annotations
 import dataclasses, functools, inspect
 
 import numpy as np
-import matplotlib.pyplot as plt
 import scipy.fft, scipy.signal
 from .core import AiprodError, Registry
 from .data import ArrayDataset, _sample_index
 
 # %% auto #0
-__all__ = ['feature_extractors', 'mel_filterbank', 'log_mel', 'mfcc', 'audio_features', 'standardize_features',
-           'plot_spectrograms']
+__all__ = ['feature_extractors', 'mel_filterbank', 'log_mel', 'mfcc', 'audio_features', 'standardization_stats', 'standardize',
+           'standardize_features', 'plot_spectrograms']
 
 # %% ../nbs/01d_audio.ipynb #13b627f0
 def _hz_to_mel(hz): return 2595.0 * np.log10(1.0 + np.asarray(hz) / 700.0)
@@ -121,14 +120,30 @@ def _real_frames(data: ArrayDataset) -> np.ndarray:
     lengths = np.asarray(data.info.get("lengths", np.full(len(data), data.x.shape[1])))
     return np.arange(data.x.shape[1]) < lengths[:, None]
 
+def standardization_stats(
+    train: ArrayDataset, # features (n, frames, n_features), real frames per item in info["lengths"]: the training split
+) -> dict[str, list[float]]:
+    "Per-feature `mean` and `std` over the real frames; a constant feature (a silent band) gets std 1, so it is only centred."
+    real = train.x[_real_frames(train)]  # (real frames, n_features)
+    mean, std = real.mean(axis=0, dtype=np.float64), real.std(axis=0, dtype=np.float64)
+    return {"mean": mean.tolist(), "std": np.where(std < 1e-5, 1.0, std).tolist()}
+
+def standardize(
+    data: ArrayDataset,            # features (n, frames, n_features)
+    stats: dict[str, list[float]], # per-feature mean and std, from `standardization_stats` of the training split
+) -> np.ndarray:
+    "The features scaled per feature, (x - mean) / std, as float32; padded frames stay zero."
+    real = _real_frames(data)
+    if data.x.shape[2] != len(stats["mean"]):
+        raise AiprodError(f"data set {data.name!r} has {data.x.shape[2]} features per frame, but the statistics are of {len(stats['mean'])}")
+    mean, std = np.asarray(stats["mean"]), np.asarray(stats["std"])  # float64, as computed
+    return ((data.x - mean) / std * real[..., None]).astype(np.float32)
+
 def standardize_features(splits: dict[str, ArrayDataset]) -> dict[str, ArrayDataset]:
     "Scale every split by the per-feature mean and std of the training split's real frames."
-    real = splits["train"].x[_real_frames(splits["train"])]  # (real frames, n_features)
-    mean, std = real.mean(axis=0, dtype=np.float64), real.std(axis=0, dtype=np.float64)
-    std = np.where(std < 1e-5, 1.0, std)  # a constant feature (a silent band) is only centred
-    stats = {"mean": mean.tolist(), "std": std.tolist(), "computed_on": "train"}
-    def scale(part): return ((part.x - mean) / std * _real_frames(part)[..., None]).astype(np.float32)
-    return {k: dataclasses.replace(v, x=scale(v), info={**v.info, "standardization": stats}) for k, v in splits.items()}
+    stats = standardization_stats(splits["train"])
+    info = {**stats, "computed_on": "train"}
+    return {k: dataclasses.replace(v, x=standardize(v, stats), info={**v.info, "standardization": info}) for k, v in splits.items()}
 
 # %% ../nbs/01d_audio.ipynb #1532c81d
 def plot_spectrograms(
@@ -137,6 +152,7 @@ def plot_spectrograms(
     seed: int = 0,      # which ones
 ):
     "A grid of log-mel spectrograms (or the features `data` holds) titled with their class."
+    import matplotlib.pyplot as plt  # here, not at the top: preparing sounds for a model needs no plotting library
     index = _sample_index(data, n, seed)
     if data.kind == "audio": images = [log_mel(data.x[i], data.info["sample_rate"]) for i in index]
     else: images = [data.x[i][:length] for i, length in zip(index, _real_frames(data)[index].sum(axis=1))]

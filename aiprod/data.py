@@ -9,13 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import matplotlib.pyplot as plt
 from .core import AiprodError, escape_markdown
 
 # %% auto #0
 __all__ = ['KINDS', 'ITEM_INFO', 'ArrayDataset', 'fingerprint', 'check_splits', 'split_data', 'map_splits', 'limit_splits',
            'item_lengths', 'summarize', 'plot_class_balance', 'plot_lengths', 'plot_samples', 'sample_table',
-           'show_samples', 'normalize_images', 'batches']
+           'show_samples', 'normalization_stats', 'normalize', 'normalize_images', 'batches']
 
 # %% ../nbs/01_data.ipynb #c7156f44
 KINDS = ("image", "text", "audio", "features")
@@ -154,6 +153,7 @@ def summarize(splits: dict[str, ArrayDataset]) -> dict:
 # %% ../nbs/01_data.ipynb #2bb3d557
 def plot_class_balance(splits: dict[str, ArrayDataset]):
     "Bar chart of examples per class in each split."
+    import matplotlib.pyplot as plt
     classes = next(iter(splits.values())).classes
     fig, ax = plt.subplots(figsize=(min(3 + 0.6 * len(classes), 12), 3))
     width = 0.8 / len(splits)
@@ -170,6 +170,7 @@ def plot_lengths(splits: dict[str, ArrayDataset]):
     "Histogram of item lengths (words or seconds) per split; None for fixed-size items."
     first = next(iter(splits.values()))
     if item_lengths(first) is None: return None
+    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 3))
     for name, part in splits.items(): ax.hist(item_lengths(part), bins=40, alpha=0.6, label=name, density=True)
     unit = "words per text" if first.kind == "text" else "seconds per recording"
@@ -184,6 +185,7 @@ def _sample_index(data: ArrayDataset, n: int, seed: int) -> np.ndarray:
 
 def plot_samples(data: ArrayDataset, n: int = 24, seed: int = 0):
     "A grid of random images (or waveforms) titled with their class."
+    import matplotlib.pyplot as plt
     index = _sample_index(data, n if data.kind == "image" else min(n, 12), seed)
     cols = min(12 if data.kind == "image" else 4, len(index))
     rows = -(-len(index) // cols)
@@ -210,13 +212,29 @@ def show_samples(data: ArrayDataset, seed: int = 0):
     return Markdown(sample_table(data, seed=seed)) if data.kind == "text" else plot_samples(data, seed=seed)
 
 # %% ../nbs/01_data.ipynb #46b8a9f0
+def normalization_stats(
+    x: np.ndarray, # (n, channels, height, width) float32 images: the training split's
+) -> dict[str, list[float]]:
+    "Per-channel `mean` and `std` of the images (std plus 1e-7, so a blank channel divides safely)."
+    if x.ndim != 4: raise AiprodError(f"expected images (n, channels, height, width), got shape {x.shape}")
+    return {"mean": x.mean(axis=(0, 2, 3)).tolist(), "std": (x.std(axis=(0, 2, 3)) + 1e-7).tolist()}
+
+def normalize(
+    x: np.ndarray,                 # (n, channels, height, width) images
+    stats: dict[str, list[float]], # per-channel mean and std, from `normalization_stats` of the training images
+) -> np.ndarray:
+    "The images scaled per channel, (x - mean) / std, as float32."
+    channels = len(stats["mean"])
+    if x.ndim != 4 or x.shape[1] != channels:
+        raise AiprodError(f"images of shape {x.shape[1:]} do not match statistics of {channels} channel{'s' * (channels != 1)}")
+    mean, std = (np.asarray(stats[key], np.float32).reshape(1, -1, 1, 1) for key in ("mean", "std"))
+    return ((x - mean) / std).astype(np.float32)
+
 def normalize_images(splits: dict[str, ArrayDataset]) -> dict[str, ArrayDataset]:
     "Scale every split by the per-channel mean and std of the training split."
-    train = splits["train"].x
-    mean, std = train.mean(axis=(0, 2, 3), keepdims=True), train.std(axis=(0, 2, 3), keepdims=True) + 1e-7
-    stats = {"mean": mean.ravel().tolist(), "std": std.ravel().tolist(), "computed_on": "train"}
-    return {k: dataclasses.replace(v, x=((v.x - mean) / std).astype(np.float32), info={**v.info, "normalization": stats})
-            for k, v in splits.items()}
+    stats = normalization_stats(splits["train"].x)
+    info = {**stats, "computed_on": "train"}
+    return {k: dataclasses.replace(v, x=normalize(v.x, stats), info={**v.info, "normalization": info}) for k, v in splits.items()}
 
 # %% ../nbs/01_data.ipynb #f139cbf6
 class _TensorBatches:

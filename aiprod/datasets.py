@@ -14,8 +14,8 @@ from .download import RemoteFile, fetch, fetch_archive_members, fetch_folder
 from . import loaders
 
 # %% auto #0
-__all__ = ['datasets', 'MNIST', 'SST2_ARCHIVE', 'SST2_FILES', 'FSDD_ARCHIVE', 'FSDD_DIGEST', 'FSDD_NAMES', 'load_dataset',
-           'load_digits', 'load_mnist', 'load_sst2', 'load_fsdd', 'load_idx_files']
+__all__ = ['datasets', 'MNIST', 'MNIST_IDX', 'SST2_ARCHIVE', 'SST2_FILES', 'FSDD_ARCHIVE', 'FSDD_DIGEST', 'FSDD_NAMES',
+           'load_dataset', 'load_digits', 'load_mnist', 'load_sst2', 'load_fsdd']
 
 # %% ../nbs/01e_datasets.ipynb #63e59e27
 datasets = Registry("data set")
@@ -49,6 +49,12 @@ def load_digits() -> ArrayDataset:
 MNIST = RemoteFile("mnist/mnist.npz", ["https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"],
                    ("731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1",   # Keras's mnist.npz
                     "38727c8ccfdb9fde55b8ff2dbf6fba5f26e2366bf8305b4661be9161596ec5cb"))  # rebuilt from the IDX files
+MNIST_IDX = {name: RemoteFile(f"mnist/raw/{name}", [f"https://yann.lecun.com/exdb/mnist/{name}",
+                                                    f"https://ossci-datasets.s3.amazonaws.com/mnist/{name}"], sha256)
+             for name, sha256 in [("train-images-idx3-ubyte.gz", "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+                                  ("train-labels-idx1-ubyte.gz", "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+                                  ("t10k-images-idx3-ubyte.gz", "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+                                  ("t10k-labels-idx1-ubyte.gz", "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6")]}
 
 def _described(splits: dict[str, ArrayDataset], **facts) -> dict[str, ArrayDataset]:
     return {k: dataclasses.replace(v, **facts) for k, v in splits.items()}
@@ -95,10 +101,6 @@ def load_fsdd(progress: bool = True) -> dict[str, ArrayDataset]:
 # %% ../nbs/01e_datasets.ipynb #26bf95b7
 datasets.register("imagefolder")(loaders.load_image_folder)
 datasets.register("npz")(loaders.load_npz)
+datasets.register("idx")(loaders.load_idx)
 datasets.register("texttable")(loaders.load_text_table)
 datasets.register("audiofolder")(loaders.load_audio_folder)
-
-@datasets.register("idx")
-def load_idx_files(path: str, labels_path: str, classes: list[str] | None = None) -> ArrayDataset:
-    "An IDX image file (`path`) and its IDX label file."
-    return loaders.load_idx(path, labels_path, classes)

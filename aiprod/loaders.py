@@ -4,10 +4,10 @@
 
 # %% ../nbs/01b_loaders.ipynb #e3e83e53
 from __future__ import annotations
-import codecs, csv, gzip, json, math, re, struct, zipfile, zlib
+import codecs, csv, gzip, json, math, os, re, struct, zipfile, zlib
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator
 
 import numpy as np
 from .core import AiprodError, ParameterError
@@ -15,8 +15,8 @@ from .data import ArrayDataset
 
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'SPLIT_FOLDERS', 'GRAYSCALE_MODES', 'KERAS_KEYS', 'IDX_TYPES', 'TEXT_FORMATS', 'ENCODING_HINT',
-           'MAX_TEXT_CHARS', 'classes_from_labels', 'load_image_folder', 'load_npz', 'read_idx', 'load_idx',
-           'load_text_table', 'load_audio_folder']
+           'MAX_TEXT_CHARS', 'classes_from_labels', 'BadItem', 'open_image', 'image_pixels', 'read_image',
+           'load_image_folder', 'load_npz', 'read_idx', 'load_idx', 'load_text_table', 'read_wav', 'load_audio_folder']
 
 # %% ../nbs/01b_loaders.ipynb #61302c16
 def classes_from_labels(labels: Iterable) -> list[str]:
@@ -35,8 +35,15 @@ def _label_indices(labels: np.ndarray, classes: list[str], where: str) -> np.nda
     return np.array([position[str(value)] for value in values], np.int64)[inverse.reshape(-1)]
 
 # %% ../nbs/01b_loaders.ipynb #c40b2ac7
-class _BadItem(Exception):
-    "What is wrong with one file or row."
+class BadItem(AiprodError):
+    "What is wrong with one file or row: `reason`, and `source`, the file, where the reader knows it."
+    def __init__(self, reason: str, source: str | None = None):
+        self.reason, self.source = reason, source
+        super().__init__(f"{source}: {reason}" if source else reason)
+
+def _source(file) -> str | None:
+    "The name of `file` for an error: its path, or None for a file object (bytes in memory)."
+    return str(file) if isinstance(file, (str, os.PathLike)) else None
 
 class _BadItems:
     "Bad items of one source: each raises an error, or with `skip_bad` is listed for `info['skipped']`."
@@ -106,20 +113,6 @@ def _is_grayscale(image) -> bool:
         return bool((palette == palette[:, :1]).all())
     return image.mode in GRAYSCALE_MODES
 
-def _read_image(file: Path, size: tuple[int, int], channels: int | None) -> np.ndarray:
-    "(height, width) greyscale or (height, width, 3) RGB float32 in [0, 1], resized to `size` (height, width)."
-    from PIL import Image
-    try:
-        image = Image.open(file)
-        image.load()  # decode every pixel now: Image.open reads only the header
-    except Exception as error: raise _BadItem(f"not a readable image ({error})") from error  # Pillow raises many types
-    with image:
-        grayscale = channels == 1 or (channels is None and _is_grayscale(image))
-        if image.mode.startswith("I"): image, scale = Image.fromarray(np.asarray(image, np.float32) / 65535, "F"), 1.0
-        else: image, scale = image.convert("L" if grayscale else "RGB"), 255.0
-        return np.asarray(image.resize(size[::-1], Image.BILINEAR), np.float32) / scale  # resize takes (w, h)
-
-# %% ../nbs/01b_loaders.ipynb #f835003a
 def _image_size(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     "(height, width) from a side or a pair (a list, when it comes from a YAML parameter)."
     pair = (size, size) if isinstance(size, int) else tuple(size)
@@ -127,6 +120,52 @@ def _image_size(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
         raise ParameterError(f"size must be a positive side or a (height, width) pair, got {size!r}", parameter="size")
     return pair
 
+def _image_channels(channels: int | None) -> int | None:
+    "`channels` if it is 1, 3 or None (whatever the images are); else an error naming the parameter."
+    if channels not in (None, 1, 3): raise ParameterError(f"channels must be 1, 3 or None, got {channels!r}", parameter="channels")
+    return channels
+
+def open_image(
+    file: str | Path | BinaryIO, # an image file (PNG, JPEG, GIF, BMP, ...), or a file object holding one, e.g. io.BytesIO
+):
+    "The Pillow image in `file`, decoded whole: a truncated file is a `BadItem` here, not halfway through training."
+    from PIL import Image
+    image = None
+    try:
+        image = Image.open(file)
+        image.load()  # decode every pixel now: Image.open reads only the header
+    except Exception as error:  # Pillow raises many types
+        if image is not None: image.close()
+        raise BadItem(f"not a readable image ({error})", _source(file)) from error
+    return image
+
+def image_pixels(
+    image,                        # a Pillow image of any mode, decoded or opened lazily
+    size: int | tuple[int, int],  # side, or (height, width), to resize it to
+    channels: int | None = None,  # 1 (greyscale) or 3 (RGB); None: 1 if the image is greyscale, else 3
+) -> np.ndarray:
+    "(height, width) greyscale or (height, width, 3) RGB float32 in [0, 1], resized bilinearly to `size`."
+    from PIL import Image
+    if not isinstance(image, Image.Image): raise BadItem(f"expected a Pillow image, got {type(image).__name__}")
+    size, channels = _image_size(size), _image_channels(channels)
+    source = getattr(image, "filename", "") or None  # Pillow keeps the path of an image it opened from a file
+    try:
+        image.load()  # decodes an image opened lazily; does nothing for one decoded already
+        grayscale = channels == 1 or (channels is None and _is_grayscale(image))
+        if image.mode.startswith("I"): image, scale = Image.fromarray(np.asarray(image, np.float32) / 65535, "F"), 1.0
+        else: image, scale = image.convert("L" if grayscale else "RGB"), 255.0
+    except Exception as error: raise BadItem(f"not a readable image ({error})", source) from error  # truncated, or a mode without conversion
+    return np.asarray(image.resize(size[::-1], Image.BILINEAR), np.float32) / scale  # resize takes (w, h)
+
+def read_image(
+    file: str | Path | BinaryIO,  # an image file, or a file object holding one
+    size: int | tuple[int, int],  # side, or (height, width), to resize it to
+    channels: int | None = None,  # 1 (greyscale) or 3 (RGB); None: 1 if the image is greyscale, else 3
+) -> np.ndarray:
+    "The pixels of an image file, as `image_pixels` gives them; a `BadItem` naming the file if it cannot be read."
+    with open_image(file) as image: return image_pixels(image, size, channels)
+
+# %% ../nbs/01b_loaders.ipynb #f835003a
 def _read_images(root: Path, files: dict[str, list[Path]], classes: list[str], size: tuple[int, int],
                  channels: int | None, bad: _BadItems) -> tuple[list[np.ndarray], list[int], list[str]]:
     "The readable images of `files`, their class indices and their paths relative to `root`."
@@ -134,8 +173,8 @@ def _read_images(root: Path, files: dict[str, list[Path]], classes: list[str], s
     for name, class_files in files.items():
         for file in class_files:
             relative = file.relative_to(root).as_posix()
-            try: images.append(_read_image(file, size, channels))
-            except _BadItem as error: bad.note(relative, str(error)); continue
+            try: images.append(read_image(file, size, channels))
+            except BadItem as error: bad.note(relative, error.reason); continue
             labels.append(classes.index(name)); kept.append(relative)
     return images, labels, kept
 
@@ -153,9 +192,7 @@ def load_image_folder(
     skip_bad: bool = False,               # leave out unreadable images (listed in info["skipped"]) instead of raising
 ) -> ArrayDataset | dict[str, ArrayDataset]:
     "Images from class folders as (n, channels, height, width) float32 in [0, 1]; a dict for official splits."
-    root, size = Path(path), _image_size(size)
-    if channels not in (None, 1, 3):
-        raise ParameterError(f"channels must be 1, 3 or None, got {channels!r}", parameter="channels")
+    root, size, channels = Path(path), _image_size(size), _image_channels(channels)
     files = {split: _class_images(folder) for split, folder in _split_folders(root).items()}
     classes = list(next(iter(files.values())))  # train's classes, or the only ones
     for split, by_class in files.items():
@@ -200,11 +237,13 @@ def _array_datasets(name: str, source: str, arrays: dict[str | None, tuple[np.nd
     labels = {split: _array_labels(y, y_where) for split, (_, y, _, y_where) in arrays.items()}
     values = classes_from_labels(next(iter(labels.values()))) if classes is None else [str(i) for i in range(len(classes))]
     names = values if classes is None else [str(c) for c in classes]
-    datasets = {}
+    datasets, first = {}, None  # first: where the first split's inputs are, and their shape
     for split, (x, _, x_where, y_where) in arrays.items():
         if len(x) != len(labels[split]):
             raise AiprodError(f"{x_where} has {len(x)} inputs but {y_where} has {len(labels[split])} labels")
         x, kind = _array_inputs(x, x_where)
+        first = first or (x_where, x.shape[1:])
+        if x.shape[1:] != first[1]: raise AiprodError(f"{x_where}: inputs of shape {x.shape[1:]}, but {first[0]} holds {first[1]}")
         datasets[split] = ArrayDataset(name, x, _label_indices(labels[split], values, y_where), names, kind, source=source)
     return datasets
 
@@ -227,20 +266,31 @@ def _npz_array(archive, key: str, path: Path) -> np.ndarray:
     except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as error:  # pickled objects, a damaged member
         raise AiprodError(f"{path}: cannot read array {key!r} ({error})") from error
 
-def load_npz(
-    path: str | Path,                  # .npz archive, e.g. Keras's mnist.npz
-    x_key: str | None = None,          # name of the inputs; None: "x", or x_train and x_test in the Keras layout
-    y_key: str | None = None,          # name of the integer labels; None: "y", or y_train and y_test in the Keras layout
-    classes: list[str] | None = None,  # names of the labels 0, 1, ...; None: the sorted distinct labels
-) -> ArrayDataset | dict[str, ArrayDataset]:
-    "Inputs and integer labels from an .npz archive; a dict of the train and test splits in the Keras layout."
-    path = Path(path)
+def _npz_splits(path: Path, x_key: str | None, y_key: str | None) -> dict[str | None, tuple[np.ndarray, np.ndarray, str, str]]:
+    "(inputs, labels, where the inputs are, where the labels are) of each split: train and test in the Keras layout, else one."
     with _open_npz(path) as archive:
         keras = x_key is None and y_key is None and {k for pair in KERAS_KEYS.values() for k in pair} <= set(archive.files)
         keys = KERAS_KEYS if keras else {None: (x_key or "x", y_key or "y")}
-        arrays = {split: (_npz_array(archive, xk, path), _npz_array(archive, yk, path), f"{path}[{xk!r}]", f"{path}[{yk!r}]")
-                  for split, (xk, yk) in keys.items()}
-    loaded = _array_datasets(path.stem, str(path), arrays, classes)
+        return {split: (_npz_array(archive, xk, path), _npz_array(archive, yk, path), f"{path}[{xk!r}]", f"{path}[{yk!r}]")
+                for split, (xk, yk) in keys.items()}
+
+def load_npz(
+    path: str | Path,                  # .npz archive, e.g. Keras's mnist.npz, or the training split's archive
+    x_key: str | None = None,          # name of the inputs; None: "x", or x_train and x_test in the Keras layout
+    y_key: str | None = None,          # name of the integer labels; None: "y", or y_train and y_test in the Keras layout
+    classes: list[str] | None = None,  # names of the labels 0, 1, ...; None: the sorted distinct labels
+    test_path: str | Path = "",        # a second archive with the same keys, holding the official test split
+) -> ArrayDataset | dict[str, ArrayDataset]:
+    "Inputs and integer labels from an .npz archive; a dict of the train and test splits (Keras layout, or `test_path`)."
+    path = Path(path)
+    arrays = _npz_splits(path, x_key, y_key)
+    if test_path:
+        test = _npz_splits(Path(test_path), x_key, y_key)
+        for where, found in ((path, arrays), (test_path, test)):
+            if None not in found: raise ParameterError(f"{where} holds both splits (x_train, y_train, x_test, y_test): load it "
+                                                       "alone, without test_path", parameter="test_path")
+        arrays = {"train": arrays[None], "test": test[None]}
+    loaded = _array_datasets(path.stem, ", ".join(str(p) for p in (path, test_path) if p), arrays, classes)
     return loaded[None] if None in loaded else loaded
 
 # %% ../nbs/01b_loaders.ipynb #79ff81f5
@@ -281,13 +331,22 @@ def read_idx(
 
 # %% ../nbs/01b_loaders.ipynb #a36ae325
 def load_idx(
-    images_path: str | Path,           # IDX file of inputs, e.g. train-images-idx3-ubyte.gz
+    path: str | Path,                  # IDX file of inputs, e.g. train-images-idx3-ubyte.gz
     labels_path: str | Path,           # IDX file of integer labels, e.g. train-labels-idx1-ubyte.gz
     classes: list[str] | None = None,  # names of the labels 0, 1, ...; None: the sorted distinct labels
-) -> ArrayDataset:
-    "Inputs and labels from a pair of IDX files, as MNIST and its relatives ship them."
-    arrays = {None: (read_idx(images_path), read_idx(labels_path), str(images_path), str(labels_path))}
-    return _array_datasets(Path(images_path).name.split(".")[0], f"{images_path} and {labels_path}", arrays, classes)[None]
+    test_path: str | Path = "",        # IDX file of the official test split's inputs, e.g. t10k-images-idx3-ubyte.gz
+    test_labels_path: str | Path = "", # IDX file of the test split's labels, e.g. t10k-labels-idx1-ubyte.gz
+) -> ArrayDataset | dict[str, ArrayDataset]:
+    "Inputs and labels from a pair of IDX files, as MNIST and its relatives ship them; a dict of train and test with a test pair."
+    if bool(test_path) != bool(test_labels_path):
+        given, missing = ("test_path", "test_labels_path") if test_path else ("test_labels_path", "test_path")
+        raise ParameterError(f"{missing} is missing: the test split needs an inputs file and a labels file, but only "
+                             f"{given} = {test_path or test_labels_path} was given", parameter=missing)
+    pairs = {"train": (path, labels_path), "test": (test_path, test_labels_path)} if test_path else {None: (path, labels_path)}
+    arrays = {split: (read_idx(x), read_idx(y), str(x), str(y)) for split, (x, y) in pairs.items()}
+    files = ", ".join(str(file) for pair in pairs.values() for file in pair)
+    loaded = _array_datasets(Path(path).name.split(".")[0], files, arrays, classes)
+    return loaded[None] if None in loaded else loaded
 
 # %% ../nbs/01b_loaders.ipynb #53d5cc79
 TEXT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json-lines": "jsonl", ".ndjson": "jsonl"}
@@ -362,18 +421,18 @@ def _check_columns(path: Path, record: dict, columns: tuple[str, str]) -> list[s
 
 def _text_and_label(record: dict, text_column: str, label_column: str, classes: list[str] | None,
                     max_chars: int) -> tuple[str, str]:
-    "The text and label of a row, or _BadItem saying what is wrong with them."
+    "The text and label of a row, or BadItem saying what is wrong with them."
     missing = [name for name in (text_column, label_column) if name not in record]
-    if missing: raise _BadItem(f"no {missing[0]!r} field")
+    if missing: raise BadItem(f"no {missing[0]!r} field")
     text, label = record[text_column], record[label_column]
-    if not isinstance(text, str): raise _BadItem(f"text is {json.dumps(text)}, not a string")
-    if len(text) > max_chars: raise _BadItem(f"text of {len(text):,} characters is over max_text_chars ({max_chars:,}); to read it, "
+    if not isinstance(text, str): raise BadItem(f"text is {json.dumps(text)}, not a string")
+    if len(text) > max_chars: raise BadItem(f"text of {len(text):,} characters is over max_text_chars ({max_chars:,}); to read it, "
                                              f'raise that option (e.g. -p data_options "{{max_text_chars: {len(text)}}}")')
     if isinstance(label, bool) or not isinstance(label, (str, int, type(None))):
-        raise _BadItem(f"label must be a string or an integer, got {json.dumps(label)}")
+        raise BadItem(f"label must be a string or an integer, got {json.dumps(label)}")
     label = "" if label is None else str(label).strip()
-    if not label: raise _BadItem("empty label")
-    if classes is not None and label not in classes: raise _BadItem(f"label {label!r} is not one of the classes {classes}")
+    if not label: raise BadItem("empty label")
+    if classes is not None and label not in classes: raise BadItem(f"label {label!r} is not one of the classes {classes}")
     return text, label
 
 # %% ../nbs/01b_loaders.ipynb #cfceadb8
@@ -422,10 +481,10 @@ def load_text_table(
     with _csv_fields_unlimited():
         for line, record, problem in _table_rows(data, format, encoding):
             try:
-                if problem: raise _BadItem(problem)
+                if problem: raise BadItem(problem)
                 columns = columns or _check_columns(path, record, (text_column, label_column))  # on the first usable row
                 text, label = _text_and_label(record, text_column, label_column, classes, max_text_chars)
-            except _BadItem as error: bad.note(f"line {line}", str(error)); continue
+            except BadItem as error: bad.note(f"line {line}", error.reason); continue
             texts.append(text); labels.append(label)
     bad.require(len(texts), "rows")
     classes = classes or classes_from_labels(labels)
@@ -457,28 +516,30 @@ def _audio_fields(relative: str, pattern: re.Pattern | None) -> dict[str, str | 
     "The label of a file (and, for a pattern, its other named groups)."
     path = PurePosixPath(relative)
     if pattern is None:
-        if len(path.parts) < 2: raise _BadItem("is not in a class folder, so it has no label")
+        if len(path.parts) < 2: raise BadItem("is not in a class folder, so it has no label")
         return {"label": path.parent.name}
     match = pattern.fullmatch(path.name)
-    if match is None: raise _BadItem(f"the name does not match {pattern.pattern!r}")
-    if not match["label"]: raise _BadItem("empty label")
+    if match is None: raise BadItem(f"the name does not match {pattern.pattern!r}")
+    if not match["label"]: raise BadItem("empty label")
     return match.groupdict()
 
 # %% ../nbs/01b_loaders.ipynb #46891a7b
-def _read_wav(file: Path) -> tuple[int, np.ndarray]:
-    "Sample rate and mono float32 waveform in [-1, 1] of a WAV file."
+def read_wav(
+    file: str | Path | BinaryIO,  # a WAV file, or a file object holding one, e.g. io.BytesIO of its bytes
+) -> tuple[int, np.ndarray]:
+    "Sample rate and mono float32 waveform in [-1, 1] of a WAV file; a `BadItem` naming the file if it cannot be read."
     import warnings
     from scipy.io import wavfile
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", wavfile.WavFileWarning)  # skipped metadata chunks
             rate, samples = wavfile.read(file)
-    except Exception as error: raise _BadItem(f"not a readable WAV file ({error})") from error  # scipy raises several types
+    except Exception as error: raise BadItem(f"not a readable WAV file ({error})", _source(file)) from error  # scipy raises several types
     if samples.dtype == np.uint8: wave = (samples.astype(np.float32) - 128) / 128  # 8-bit WAV is unsigned, centred on 128
     elif samples.dtype.kind == "i": wave = samples.astype(np.float32) / float(2 ** (8 * samples.dtype.itemsize - 1))
     else: wave = samples.astype(np.float32)
     if wave.ndim == 2: wave = wave.mean(axis=1, dtype=np.float32)  # (samples, channels) → mono
-    if not len(wave): raise _BadItem("has no samples")
+    if not len(wave): raise BadItem("has no samples", _source(file))
     return int(rate), wave
 
 # %% ../nbs/01b_loaders.ipynb #86c09476
@@ -493,9 +554,9 @@ def load_audio_folder(
     for relative in _wav_files(root):
         try:
             item_fields = _audio_fields(relative, pattern)
-            item_rate, wave = _read_wav(root / relative)
-            if rate not in (None, item_rate): raise _BadItem(f"sample rate {item_rate} Hz, but {kept[0]} has {rate} Hz")
-        except _BadItem as error: bad.note(relative, str(error)); continue
+            item_rate, wave = read_wav(root / relative)
+            if rate not in (None, item_rate): raise BadItem(f"sample rate {item_rate} Hz, but {kept[0]} has {rate} Hz")
+        except BadItem as error: bad.note(relative, error.reason); continue
         rate = item_rate; waves.append(wave); kept.append(relative); fields.append(item_fields)
     bad.require(len(waves), "readable recordings")
     labels = np.array([item["label"] for item in fields])

