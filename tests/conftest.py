@@ -1,5 +1,5 @@
-"""Shared fixtures: the `aiprod` command of this environment and one default run, made once per session."""
-import subprocess, sys
+"""Shared fixtures: the `aiprod` command of this environment, one default run made once per session, headless Chromium."""
+import shutil, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -25,3 +25,18 @@ def default_run(tmp_path_factory):
     run_dirs = [p for p in (workdir / "reports").iterdir() if p.is_dir()]
     assert len(run_dirs) == 1
     return workdir / "reports", run_dirs[0], done
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(not CHROMIUM, reason="no headless Chromium on this machine (`make browser` installs it)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    "Headless Chromium, kept off the network's background services: pages must open from files alone."
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        yield browser
+        browser.close()

@@ -182,7 +182,6 @@ def test_bad_secret_fails_before_running(tmp_path, args, env, message):
 
 @pytest.fixture
 def fixtures():
-    from pathlib import Path
     return FIXTURES
 
 

@@ -1,6 +1,6 @@
 """`aiprod batch` and `aiprod compare` end to end: real sweeps of tiny runs, each in its own process and kernel, on two
 local workers or a real Dask LocalCluster; failures, timeouts, dead kernels and Ctrl-C; skipping and retrying."""
-import json, os, signal, subprocess, time
+import os, signal, subprocess, time
 from pathlib import Path
 
 import psutil

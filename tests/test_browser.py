@@ -1,20 +1,7 @@
 """The report and the index as a person sees them: in headless Chromium, offline, with the code hidden."""
-import shutil
+from conftest import needs_chromium
 
-import pytest
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(not CHROMIUM, reason="no headless Chromium on this machine (`make browser` installs it)")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        yield browser
-        browser.close()
+pytestmark = needs_chromium
 
 
 def test_report_opens_offline_with_code_hidden(browser, default_run):

@@ -1,16 +1,15 @@
 """Comparison reports on real runs: two learning rates × two seeds of a tiny image run, plus one run that fails."""
-import json, re, shutil, statistics, subprocess
+import json, re, statistics, subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from aiprod.report import find_template
-from conftest import BIN, run_cli
+from conftest import BIN, needs_chromium, run_cli
 
 FAILING = Path(__file__).parent / "fixtures" / "failing.ipynb"
 LRS, SEEDS = ("0.001", "0.01"), ("1", "2")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
@@ -118,29 +117,25 @@ def test_unknown_run_ids_fail_with_their_names(sweep):
     assert "1 of the 2 runs to compare are not in" in done.stderr and "20990101-000000-nothing-abc123" in done.stderr
 
 
-@pytest.mark.skipif(not CHROMIUM, reason="no headless Chromium on this machine (`make browser` installs it)")
-def test_table_sorts_in_the_browser_offline(sweep):
-    from playwright.sync_api import sync_playwright
+@needs_chromium
+def test_table_sorts_in_the_browser_offline(sweep, browser):
     _, records, comparison_dir = sweep
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        page = browser.new_page()
-        requests = []
-        page.on("request", lambda request: requests.append(request.url))
-        page.goto((comparison_dir / "report.html").as_uri())
-        column = lambda name: page.evaluate(
-            """name => { const table = document.querySelector("table.aiprod-runs");
-                         const i = [...table.tHead.rows[0].cells].findIndex(c => c.textContent === name);
-                         return [...table.tBodies[0].rows].map(r => r.cells[i].getAttribute("data-value")); }""", name)
-        page.locator("table.aiprod-runs th", has_text="test accuracy").click()
-        accuracies = [float(v) for v in column("test accuracy") if v]
-        assert accuracies == sorted(accuracies) and len(accuracies) == 4 and column("test accuracy")[-1] == ""  # failed run last
-        page.locator("table.aiprod-runs th", has_text="test accuracy").click()
-        accuracies = [float(v) for v in column("test accuracy") if v]
-        assert accuracies == sorted(accuracies, reverse=True)
-        page.locator("table.aiprod-runs th", has_text="lr").first.click()
-        assert [float(v) for v in column("lr") if v] == sorted(float(r["params"].get("lr", 0)) for r in _succeeded(records).values())
-        assert page.locator("table.aiprod-runs th", has_text="lr").first.get_attribute("aria-sort") == "ascending"
-        assert all(url.startswith(("file:", "data:")) for url in requests), requests  # no server, no CDN
-        browser.close()
+    page = browser.new_page()
+    requests = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto((comparison_dir / "report.html").as_uri())
+    column = lambda name: page.evaluate(
+        """name => { const table = document.querySelector("table.aiprod-runs");
+                     const i = [...table.tHead.rows[0].cells].findIndex(c => c.textContent === name);
+                     return [...table.tBodies[0].rows].map(r => r.cells[i].getAttribute("data-value")); }""", name)
+    page.locator("table.aiprod-runs th", has_text="test accuracy").click()
+    accuracies = [float(v) for v in column("test accuracy") if v]
+    assert accuracies == sorted(accuracies) and len(accuracies) == 4 and column("test accuracy")[-1] == ""  # failed run last
+    page.locator("table.aiprod-runs th", has_text="test accuracy").click()
+    accuracies = [float(v) for v in column("test accuracy") if v]
+    assert accuracies == sorted(accuracies, reverse=True)
+    page.locator("table.aiprod-runs th", has_text="lr").first.click()
+    assert [float(v) for v in column("lr") if v] == sorted(float(r["params"].get("lr", 0)) for r in _succeeded(records).values())
+    assert page.locator("table.aiprod-runs th", has_text="lr").first.get_attribute("aria-sort") == "ascending"
+    assert all(url.startswith(("file:", "data:")) for url in requests), requests  # no server, no CDN
+    page.close()

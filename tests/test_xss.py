@@ -1,5 +1,5 @@
 """User text shows as typed and never runs: HTML payloads planted in real runs, pages opened in headless Chromium."""
-import json, shutil
+import json
 
 import nbformat
 import numpy as np
@@ -7,10 +7,9 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from conftest import run_cli
+from conftest import needs_chromium, run_cli
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(not CHROMIUM, reason="no headless Chromium on this machine (`make browser` installs it)")
+pytestmark = needs_chromium
 
 
 def payload(n: int) -> str:
@@ -92,16 +91,6 @@ def planted(tmp_path_factory):
                 "-p", "epochs", 1)[0]
     return {"notes": notes, "failed": failed, "comparison": comparison, "images": images, "data_report": data_report,
             "texts": texts, "index": reports / "index.html"}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        yield browser
-        browser.close()
 
 
 def open_inert(browser, path, shown: list[str]) -> str:
