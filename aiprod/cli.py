@@ -13,7 +13,7 @@ from .core import AiprodError, RunFailed
 from .export import export_run
 from .predict import load, predict_files, write_predictions
 from .batch import compare_runs, run_sweep, summary_table
-from .report import (find_template, list_runs, plan_run, run_planned, secret_variable, skip_unused_imports, template_names,
+from .report import (find_template, list_runs, plan_run, resume_run, run_planned, secret_variable, skip_unused_imports, template_names,
                            template_parameters)
 
 # %% auto #0
@@ -50,14 +50,17 @@ def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="aiprod", description="Run parameterized report notebooks and keep their reports.")
     commands = main.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a report template; writes reports/<run-id>/report.html")
-    run.add_argument("template", nargs="?", default="image_classification",
-                     help="template name (see `aiprod templates`) or path to a notebook (default: image_classification)")
+    run.add_argument("template", nargs="?", default=None,
+                     help="template name (see `aiprod templates`) or path to a notebook (default: image_classification; "
+                          "with --resume: the run's own)")
+    run.add_argument("--resume", metavar="RUN_ID", help="run an unfinished run again in its own folder with its own "
+                     "parameters; its training goes on from its last checkpoint")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="set a parameter; repeat for more; wins over -f (give secrets another way: see --secrets-file)")
     run.add_argument("-f", "--parameters-file", help="YAML file of parameters, e.g. a past run's params.yaml")
     run.add_argument("--secrets-file", metavar="FILE", help="YAML file of secret parameters; or set AIPROD_SECRET_<NAME>")
     run.add_argument("--reports-dir", default="reports", help="folder of run folders and index.html (default: reports)")
-    run.add_argument("--quiet", action="store_true", help="no per-cell progress bar")
+    run.add_argument("--quiet", action="store_true", help="no per-cell progress bar and no training progress lines")
     batch = commands.add_parser("batch", help="run a sweep (sweep.yaml) of runs, in parallel, then its comparison report")
     batch.add_argument("sweep", help="the sweep file: templates, params, grid and/or runs (see the batch module)")
     where = batch.add_mutually_exclusive_group()
@@ -98,13 +101,20 @@ def parser() -> argparse.ArgumentParser:
 # %% ../nbs/09_cli.ipynb #165f95da
 def run_command(args) -> int:
     "`aiprod run`: merge parameter sources, plan (warning about a secret given with -p), run, print where the report is."
-    params = read_params_file(args.parameters_file) if args.parameters_file else {}
-    params.update(dict(args.parameter))
-    plan = plan_run(args.template, params, secrets=read_params_file(args.secrets_file, "secrets") if args.secrets_file else {})
-    for name in sorted(plan.secrets.keys() & dict(args.parameter).keys()):
-        print(f"aiprod: warning: secret parameter {name!r} was given with -p, where other users of this machine can read it "
-              f"(`ps`) while the run lasts; set {secret_variable(name)} or use --secrets-file instead", file=sys.stderr)
-    try: run_dir = run_planned(plan, args.reports_dir, progress=not args.quiet)
+    secrets = read_params_file(args.secrets_file, "secrets") if args.secrets_file else {}
+    if args.resume:
+        if args.parameter or args.parameters_file:
+            raise AiprodError("--resume runs the run again with its own parameters (its params.yaml): leave out -p and -f")
+        run = lambda: resume_run(args.resume, args.reports_dir, args.template, progress=not args.quiet, secrets=secrets)
+    else:
+        params = read_params_file(args.parameters_file) if args.parameters_file else {}
+        params.update(dict(args.parameter))
+        plan = plan_run(args.template or "image_classification", params, secrets=secrets)
+        for name in sorted(plan.secrets.keys() & dict(args.parameter).keys()):
+            print(f"aiprod: warning: secret parameter {name!r} was given with -p, where other users of this machine can read "
+                  f"it (`ps`) while the run lasts; set {secret_variable(name)} or use --secrets-file instead", file=sys.stderr)
+        run = lambda: run_planned(plan, args.reports_dir, progress=not args.quiet)
+    try: run_dir = run()
     except RunFailed as e:
         print(f"aiprod: FAILED: {e}", file=sys.stderr)
         return 1

@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from .core import escape_markdown
 
 # %% auto #0
-__all__ = ['classification_metrics', 'metrics_table', 'calibration_bins', 'probability_metrics', 'metrics_summary',
+__all__ = ['classification_metrics', 'metrics_table', 'softmax', 'calibration_bins', 'probability_metrics', 'metrics_summary',
            'plot_learning_curves', 'plot_confusion_matrix', 'plot_roc_pr', 'plot_reliability', 'worst_errors',
            'plot_misclassified', 'worst_text_errors']
 
@@ -55,6 +55,13 @@ def metrics_table(
     rows.append(f"| **macro average** | {metrics['precision_macro']:.3f} | {metrics['recall_macro']:.3f} "
                 f"| {metrics['f1_macro']:.3f} | {total} |")
     return "\n".join(rows)
+
+# %% ../nbs/04_evaluation.ipynb #d559168c
+def softmax(logits) -> np.ndarray:  # (n, classes) logits
+    "Class probabilities `(n, classes)` float32 from logits, each row summing to 1."
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
 
 # %% ../nbs/04_evaluation.ipynb #d89fdbd1
 def _probability_matrix(y_true, probs, classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:

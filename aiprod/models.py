@@ -8,22 +8,14 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from .configs import AudioLSTMConfig, BertConfig, CNNConfig, LSTMConfig, MLPConfig, model_configs
 from .core import Registry, config_from
 
 # %% auto #0
-__all__ = ['models', 'CNNConfig', 'CNN', 'MLPConfig', 'MLP', 'count_parameters', 'lengths_from_mask', 'last_hidden_states',
-           'LSTMConfig', 'LSTM', 'AudioLSTMConfig', 'AudioLSTM', 'BertConfig', 'BertClassifier', 'build_model',
-           'describe_model']
+__all__ = ['models', 'CNN', 'MLP', 'count_parameters', 'lengths_from_mask', 'last_hidden_states', 'LSTM', 'AudioLSTM',
+           'BertClassifier', 'build_model', 'describe_model']
 
 # %% ../nbs/02_models.ipynb #f0256787
-@dataclass
-class CNNConfig:
-    in_channels: int = 1            # 1 for grayscale, 3 for RGB
-    num_classes: int = 10
-    widths: tuple[int, ...] = (32, 64)  # channels of each block; each block halves height and width
-    dropout: float = 0.2            # before the classifier
-    batch_norm: bool = True
-
 def _conv_block(c_in: int, c_out: int, batch_norm: bool) -> nn.Sequential:
     layers = []
     for c in (c_in, c_out):
@@ -48,13 +40,6 @@ class CNN(nn.Module):
         return self.head(self.features(x.contiguous(memory_format=torch.channels_last)))
 
 # %% ../nbs/02_models.ipynb #6d35c4ee
-@dataclass
-class MLPConfig:
-    in_features: int                # size of one flattened input: c * h * w for images
-    num_classes: int = 10
-    units: tuple[int, ...] = (256,) # width of each hidden layer; () is logistic regression
-    dropout: float = 0.2            # after each hidden layer
-
 class MLP(nn.Module):
     "Flatten, then hidden linear layers with ReLU and dropout, then a linear classifier."
     config_class = MLPConfig
@@ -94,17 +79,6 @@ def last_hidden_states(
     return torch.cat(list(hidden[-directions:]), dim=1)
 
 # %% ../nbs/02_models.ipynb #cf1b53d7
-@dataclass
-class LSTMConfig:
-    vocab_size: int             # ids run from 0 to vocab_size - 1; len(vocab)
-    num_classes: int = 2
-    embedding_dim: int = 128    # size of each token's vector
-    units: int = 128            # hidden size of each direction
-    layers: int = 1             # stacked LSTM layers
-    bidirectional: bool = True  # also read each text from the end
-    dropout: float = 0.3        # before the classifier, and between LSTM layers
-    padding_idx: int = 0        # the id of <pad>: never trained, and not read
-
 class LSTM(nn.Module):
     "Text classifier: embedding, (bi)LSTM over the real tokens, last hidden states, dropout and a linear layer."
     config_class = LSTMConfig
@@ -122,15 +96,6 @@ class LSTM(nn.Module):
         return self.head(last_hidden_states(self.lstm, self.embedding(x), lengths))  # via (batch, seq, embedding_dim)
 
 # %% ../nbs/02_models.ipynb #669eb530
-@dataclass
-class AudioLSTMConfig:
-    n_features: int             # values per frame: n_mels or n_mfcc
-    num_classes: int = 10
-    units: int = 128            # hidden size of each direction
-    layers: int = 2             # stacked LSTM layers
-    bidirectional: bool = True  # also read each recording from the end
-    dropout: float = 0.3        # before the classifier, and between LSTM layers
-
 class AudioLSTM(nn.Module):
     "Sequence classifier over feature frames: (bi)LSTM over the real frames, last hidden states, dropout and a linear layer."
     config_class = AudioLSTMConfig
@@ -147,12 +112,6 @@ class AudioLSTM(nn.Module):
         return self.head(last_hidden_states(self.lstm, x, lengths))
 
 # %% ../nbs/02_models.ipynb #c5a02d93
-@dataclass
-class BertConfig:
-    path: str = ""              # a folder with a Hugging Face BERT model; "": the bundled all-MiniLM-L6-v2
-    num_classes: int = 2
-    dropout: float = 0.1        # before the classifier
-
 class BertClassifier(nn.Module):
     "A pretrained BERT encoder with a new linear classifier on its pooled [CLS] output."
     config_class = BertConfig

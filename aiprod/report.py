@@ -4,26 +4,28 @@
 
 # %% ../nbs/05_report.ipynb #bc6fc071
 from __future__ import annotations
-import ast, fcntl, hashlib, html, importlib.resources, json, operator, os, re, secrets, sys, tempfile, time
+import ast, fcntl, hashlib, html, importlib.resources, json, operator, os, re, secrets, sys, tempfile, threading, time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 from .core import AiprodError, ParameterError, RunFailed, UnknownNameError, atomic_write, environment, escape_markdown
 
 # %% auto #0
-__all__ = ['TEMPLATES_DIR', 'MIN_SECRET_LENGTH', 'PARTIAL_NOTEBOOK', 'REPORT_CSS', 'INDEX_CSS', 'INDEX_JS', 'template_names',
-           'find_template', 'Parameter', 'papermill_path', 'template_parameters', 'coerce', 'existing_path',
-           'check_rule', 'resolve_params', 'new_run_id', 'make_run_dir', 'save_metrics', 'read_json', 'data_markdown',
-           'prep_markdown', 'tokenization_markdown', 'model_markdown', 'training_markdown', 'RunPlan', 'run_key',
-           'secret_variable', 'secret_values', 'plan_run', 'skip_unused_imports', 'with_secret_cell',
+__all__ = ['TEMPLATES_DIR', 'MIN_SECRET_LENGTH', 'TRAINING_LOG', 'PARTIAL_NOTEBOOK', 'REPORT_CSS', 'INDEX_CSS', 'INDEX_JS',
+           'template_names', 'find_template', 'Parameter', 'papermill_path', 'template_parameters', 'coerce',
+           'existing_path', 'check_rule', 'resolve_params', 'new_run_id', 'make_run_dir', 'save_metrics', 'read_json',
+           'data_markdown', 'prep_markdown', 'tokenization_markdown', 'model_markdown', 'recipe_markdown',
+           'training_markdown', 'RunPlan', 'run_key', 'secret_variable', 'secret_values', 'plan_run',
+           'skip_unused_imports', 'TrainingLog', 'following', 'show_on_stderr', 'with_secret_cell',
            'environment_variables', 'kernel_manager', 'execute', 'redact', 'redact_files', 'running_cell',
            'format_metric', 'header_html', 'render_html', 'list_runs', 'sweep_groups', 'latest_attempts', 'index_html',
-           'write_index', 'start_run', 'finish_run', 'run_planned', 'run_report']
+           'write_index', 'run_lock', 'start_run', 'finish_run', 'run_planned', 'run_report', 'run_folder',
+           'resume_run']
 
 # %% ../nbs/05_report.ipynb #c2730282
 TEMPLATES_DIR = Path(str(importlib.resources.files("aiprod"))) / "templates"
@@ -214,12 +216,15 @@ def prep_markdown(info: dict) -> str:
                      + ("; standardised with the training split's mean and deviation." if "standardization" in info else "."))
     return "\n".join(f"- {note}" for note in notes) + ("\n" if notes else "")
 
-def tokenization_markdown(fit: dict, bert_seq_len: int | None = None) -> str:
-    "How texts become token ids (from `text.tokenization_summary`), as Markdown."
+def tokenization_markdown(fit: dict, bert_seq_len: int | None = None, max_length: int | None = None) -> str:
+    "How texts become token ids (from `text.tokenization_summary`), and how many are cut (`max_length`: the cap), as Markdown."
     rows = "\n".join(f"| {escape_markdown(name)} | {split['unknown_share']:.1%} | {split['cut_share']:.1%} |" for name, split in fit["splits"].items())
     bert = f" BERT's WordPiece tokenizer needs {bert_seq_len} tokens to hold 95% of the training texts whole." if bert_seq_len else ""
+    cap = f", at most `max_length` = {max_length}" if max_length else ""
+    cut = f" {train['cut_share']:.1%} of the training texts are cut." if (train := fit["splits"].get("train")) else ""
     return (f"Word vocabulary (for an LSTM): {fit['vocab_size']:,} tokens from the training split, `<pad>` and `<unk>` "
-            f"included; texts are padded or cut to {fit['seq_len']} tokens.{bert}\n\n"
+            f"included; texts are padded or cut to {fit['seq_len']} tokens (the length that holds 95% of the training "
+            f"texts whole{cap}).{cut}{bert}\n\n"
             f"| split | unknown words | texts cut |\n|---|---:|---:|\n{rows}\n")
 
 def model_markdown(summary: dict) -> str:
@@ -227,12 +232,26 @@ def model_markdown(summary: dict) -> str:
     config = ", ".join(f"{escape_markdown(k)}={escape_markdown(v)}" for k, v in summary["config"].items())
     return f"**{escape_markdown(summary['architecture'])}** with {summary['parameters']:,} trainable parameters ({config})."
 
-def training_markdown(history: list[dict], best_epoch: int | None, stopped_epoch: int | None, seconds: float) -> str:
-    "How training went, in two sentences, as Markdown."
+_SCHEDULE_WORDS = {"onecycle": "the one-cycle schedule", "cosine": "a warm-up then a cosine decay",
+                   "linear": "a warm-up then a linear decay", "constant": "a constant schedule"}
+
+def recipe_markdown(recipe: dict) -> str:
+    "How the model was trained (a `configs.Recipe` as a dict), in one sentence of Markdown."
+    opt = "AdamW" if recipe["opt"] == "adamw" else f"SGD with Nesterov momentum {recipe['momentum']:g}"
+    warmup = f" ({recipe['warmup_pct']:.0%} of the steps warming up)" if recipe.get("warmup_pct") else ""
+    clip = f", gradients clipped to a norm of {recipe['clip_grad']:g}" if recipe.get("clip_grad") else ""
+    return (f"Recipe: {opt} at a peak learning rate of {recipe['lr']:g} on {_SCHEDULE_WORDS[recipe['schedule']]}{warmup}, "
+            f"weight decay {recipe['wd']:g}{clip}; batches of {recipe['bs']}, at most {recipe['epochs']} epochs, "
+            f"stopping after {recipe['patience']} without a better validation loss.")
+
+def training_markdown(history: list[dict], best_epoch: int | None, stopped_epoch: int | None, seconds: float,
+                      recipe: dict | None = None) -> str:
+    "How training went, in two sentences (and the recipe's, when given), as Markdown."
     best = history[best_epoch - 1] if best_epoch else history[-1]
     stop = f"Early stopping ended training after epoch {stopped_epoch}." if stopped_epoch else \
            f"Training ran all {len(history)} epochs."
-    return (f"{stop} It took {seconds:.1f} s ({history[-1]['samples_per_second']:,.0f} examples/s in the last epoch). "
+    return (f"{recipe_markdown(recipe) + chr(10) * 2 if recipe else ''}"
+            f"{stop} It took {seconds:.1f} s ({history[-1]['samples_per_second']:,.0f} examples/s in the last epoch). "
             f"The kept model is from epoch {best['epoch']}: validation loss {best['valid_loss']:.4f}, "
             f"validation accuracy {best['valid_accuracy']:.2%}.")
 
@@ -247,6 +266,7 @@ class RunPlan:
     secrets: dict[str, str] = field(default_factory=dict, repr=False)  # secret values: never written anywhere
     sweep: str | None = None      # the sweep this run belongs to
     role: str = "run"             # "comparison" for a comparison report
+    attempts: list[dict] = field(default_factory=list)  # earlier attempts this run continues (see `resume_run`)
 
 def run_key(path: str | Path, params: dict, secret_names: list[str] = ()) -> str:
     "Content hash of the template file and the resolved parameters: the same key means the same run."
@@ -296,6 +316,84 @@ def skip_unused_imports():
     "Keep this process from importing `rfc3987_syntax` (1.5 s of grammar compiling for a check notebooks never use)."
     sys.modules.setdefault("rfc3987_syntax", None)
 
+# %% ../nbs/05_report.ipynb #72a757df
+TRAINING_LOG = "training.log"  # in a run folder: the fit's progress lines, which `aiprod run` shows as they come
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+class TrainingLog:
+    "Appends a fit's progress lines to a text file: one per epoch, and one every `every` seconds within an epoch."
+    def __init__(self, path: str | Path, every: float = 10.0):  # the file; seconds between lines within an epoch
+        self.path, self.every, self.first = Path(path), every, None
+
+    def write(self, line: str):
+        with open(self.path, "a", encoding="utf-8") as f: f.write(line + "\n")
+
+    def begin(self, epochs: int, steps: int):
+        "A fit of `epochs` epochs of `steps` training steps starts (or resumes)."
+        self.epochs, self.steps, self.done, self.first = epochs, steps, 0, None
+        self.start = self.last = self.epoch_start = time.perf_counter()
+
+    def start_epoch(self, epoch: int):
+        "Epoch `epoch` (from 1) starts; the first one of the fit says what the fit is."
+        if self.first is None:
+            self.first = epoch
+            self.write(f"training: {self.epochs} epochs of {self.steps} steps" + (f", resumed at epoch {epoch}" if epoch > 1 else ""))
+        self.epoch_start = time.perf_counter()
+
+    def _eta(self, steps_left: int) -> str:
+        return _clock((time.perf_counter() - self.start) / self.done * steps_left) if self.done else "?"
+
+    def after_step(self, epoch: int, step: int, samples: int, loss: Callable[[], float]):
+        "Step `step` of epoch `epoch` (both from 1) is done, `samples` examples into the epoch; `loss()` is read only for a line."
+        self.done += 1
+        now = time.perf_counter()
+        if now - self.last < self.every: return
+        self.last = now
+        self.write(f"epoch {epoch}/{self.epochs}  step {step}/{self.steps}  loss {loss():.4f}  "
+                   f"{samples / max(now - self.epoch_start, 1e-9):,.0f} samples/s  ETA {self._eta((self.epochs - epoch + 1) * self.steps - step)}")
+
+    def after_epoch(self, row: dict):
+        "The epoch of the history row `row` is done, validation included."
+        self.last = time.perf_counter()
+        self.write(f"epoch {row['epoch']}/{self.epochs}  train_loss {row['train_loss']:.4f}  valid_loss {row['valid_loss']:.4f}  "
+                   f"valid_accuracy {row['valid_accuracy']:.4f}  {row['samples_per_second']:,.0f} samples/s  {row['seconds']:.1f} s  "
+                   f"ETA {self._eta((self.epochs - row['epoch']) * self.steps)}")
+
+# %% ../nbs/05_report.ipynb #b95f16ee
+def _new_lines(path: Path, position: int, show: Callable[[str], None]) -> int:
+    "Pass the complete lines of `path` after byte `position` to `show`; the position after them."
+    try:
+        with open(path, "rb") as f: f.seek(position); chunk = f.read()
+    except FileNotFoundError: return position
+    complete = chunk[:chunk.rfind(b"\n") + 1]
+    for line in complete.decode("utf-8", errors="replace").splitlines(): show(line)
+    return position + len(complete)
+
+@contextmanager
+def following(path: str | Path,               # a text file that grows, e.g. a run's training.log
+              show: Callable[[str], None],    # called with each new line, from another thread
+              interval: float = 0.5):         # seconds between looks at the file
+    "While inside, pass each line appended to the file at `path` to `show`."
+    path, stop = Path(path), threading.Event()
+    position = path.stat().st_size if path.exists() else 0
+    def follow(position: int):
+        while not stop.wait(interval): position = _new_lines(path, position, show)
+        _new_lines(path, position, show)  # what came in last
+    thread = threading.Thread(target=follow, args=(position,), daemon=True)
+    thread.start()
+    try: yield
+    finally:
+        stop.set()
+        thread.join()
+
+def show_on_stderr(line: str):
+    "Print `line` on stderr, above any progress bar (papermill's), which is drawn again below it."
+    from tqdm import tqdm
+    tqdm.write(line, file=sys.stderr)
+
 # %% ../nbs/05_report.ipynb #fd0aa372
 PARTIAL_NOTEBOOK = ".notebook.partial.ipynb"
 
@@ -333,7 +431,8 @@ def execute(template: Path, params: dict, run_dir: Path, progress: bool = True, 
     "Execute `template` with `params` (and `secrets`) in `run_dir` into `notebook.ipynb`; the error, if a cell failed."
     import papermill
     partial, error, secrets = run_dir / PARTIAL_NOTEBOOK, None, secrets or {}
-    with tempfile.TemporaryDirectory() as scratch, environment_variables({secret_variable(k): v for k, v in secrets.items()}):
+    shown = following(run_dir / TRAINING_LOG, show_on_stderr) if progress else nullcontext()  # the fit's progress lines
+    with tempfile.TemporaryDirectory() as scratch, environment_variables({secret_variable(k): v for k, v in secrets.items()}), shown:
         source = with_secret_cell(template, list(secrets), Path(scratch)) if secrets else template
         try:
             papermill.execute_notebook(papermill_path(source), papermill_path(partial), parameters=params, cwd=str(run_dir), progress_bar=progress,
@@ -430,6 +529,9 @@ def _failure_html(error: dict | None) -> str:
 def _notes_html(record: dict) -> str:
     "Why the report shows no outputs, and which files hold a secret aiprod could not redact."
     notes = [f"No outputs below: {why}; these are the template's cells." for why in [record.get("render_error")] if why]
+    if attempts := record.get("attempts"):
+        notes.append(f"This run was resumed after {len(attempts)} earlier attempt{'s' if len(attempts) > 1 else ''} "
+                     f"({', '.join(a['status'] for a in attempts)}); its training continued from the last checkpoint.")
     if files := record.get("unredacted_files"):
         notes.append(f"A secret's value is in {', '.join(files)}, binary files that aiprod cannot redact: do not share them.")
     return "".join(f'<p class="aiprod-error">{html.escape(note)}</p>' for note in notes)
@@ -594,6 +696,14 @@ def write_index(reports_dir: str | Path = "reports") -> Path:
     return reports_dir / "index.html"
 
 # %% ../nbs/05_report.ipynb #b26699dd
+@contextmanager
+def run_lock(run_dir: Path):
+    "Hold the run's lock (on its `params.yaml`) while inside: no other process can run or resume the same run meanwhile."
+    with open(run_dir / "params.yaml", "rb") as held:
+        try: fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file closes, or the process dies
+        except BlockingIOError: raise AiprodError(f"run {run_dir.name} is running in another process") from None
+        yield
+
 def start_run(plan: RunPlan, reports_dir: str | Path) -> Path:
     "Create the run's folder under `reports_dir`, with its `params.yaml`."
     run_dir = make_run_dir(reports_dir, plan.name, plan.params)
@@ -623,7 +733,8 @@ def finish_run(plan: RunPlan,             # the run's plan
                      "error": error, "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
                      "params": plan.params, "overrides": plan.overrides, "secret_params": sorted(plan.secrets), "sweep": plan.sweep,
                      "run_key": plan.run_key, "role": plan.role, "environment": environment(), "timings": {"execute_s": ended - started},
-                     **({"unredacted_files": unredacted} if unredacted else {})}, plan.secrets)
+                     **({"unredacted_files": unredacted} if unredacted else {}), **({"attempts": plan.attempts} if plan.attempts else {})},
+                    plan.secrets)
     page = redact(_render(notebook, find_template(plan.template), record), plan.secrets)
     with atomic_write(run_dir / "report.html") as f: f.write(page)
     record["timings"].update(render_s=time.time() - ended, total_s=time.time() - started)
@@ -635,7 +746,9 @@ def run_planned(plan: RunPlan, reports_dir: str | Path, progress: bool = True,
                 run_dir: Path | None = None, started: float | None = None) -> Path:
     "Execute a planned run in this process and finish it (raises `RunFailed` after writing a FAILED report)."
     run_dir, started = run_dir or start_run(plan, reports_dir), started or time.time()
-    error = finish_run(plan, run_dir, started, execute(find_template(plan.template), plan.params, run_dir, progress, plan.secrets))["error"]
+    with run_lock(run_dir):
+        if plan.attempts: (run_dir / "metrics.json").unlink(missing_ok=True)  # a resumed run's record starts afresh
+        error = finish_run(plan, run_dir, started, execute(find_template(plan.template), plan.params, run_dir, progress, plan.secrets))["error"]
     if error:  # from the record: redacted
         raise RunFailed(f"run {run_dir.name} failed: {error['ename']}: {error['evalue']} (report: {run_dir / 'report.html'})",
                         run_dir, error["cell_index"], error["ename"], error["evalue"])
@@ -651,3 +764,29 @@ def run_report(template: str = "image_classification", # template name, or a pat
               ) -> Path:
     "Run a report template end to end; returns the run folder (raises `RunFailed` after writing a FAILED report)."
     return run_planned(plan_run(template, params, sweep, role, secrets), reports_dir, progress)
+
+# %% ../nbs/05_report.ipynb #66abfb34
+def run_folder(run: str | Path, reports_dir: str | Path = "reports") -> Path:
+    "The folder of run `run`: a run id in `reports_dir`, or a run folder; an error naming it if there is none."
+    for folder in (Path(reports_dir) / str(run), Path(run)):
+        if (folder / "params.yaml").is_file(): return folder
+    raise AiprodError(f"no run {str(run)!r} in {reports_dir} (see `aiprod runs`)")
+
+def resume_run(run: str | Path,                       # a run id in `reports_dir`, or a run folder
+               reports_dir: str | Path = "reports",   # where run folders and index.html live
+               template: str | None = None,           # default: the run's own template (give a notebook of your own again)
+               progress: bool = True,                 # show papermill's per-cell progress bar and the training lines
+               secrets: dict[str, str] | None = None, # secret parameters' values (see `plan_run`)
+              ) -> Path:
+    "Execute an unfinished run again in its own folder, its training continuing from its last checkpoint; returns the folder."
+    run_dir = run_folder(run, reports_dir)
+    record = read_json(run_dir / "metrics.json")
+    if record.get("status") == "SUCCEEDED": raise AiprodError(f"run {run_dir.name} succeeded: there is nothing to resume")
+    name = template or record.get("template") or run_dir.name[len("YYYYmmdd-HHMMSS-"):-len("-abcdef")]
+    params = yaml.safe_load((run_dir / "params.yaml").read_text()) or {}
+    try: plan = plan_run(name, params, record.get("sweep"), record.get("role", "run"), secrets)
+    except UnknownNameError as e:
+        raise AiprodError(f"run {run_dir.name} ran the notebook {name!r}, which is not a template: give that notebook to resume it") from e
+    plan.attempts = [*record.get("attempts", []), {k: record.get(k) for k in ("started", "status", "error")}]
+    plan.attempts[-1]["status"] = plan.attempts[-1]["status"] or "INCOMPLETE"
+    return run_planned(plan, run_dir.parent, progress, run_dir)

@@ -4,10 +4,12 @@
 
 # %% ../nbs/03_training.ipynb #b168ed7e
 from __future__ import annotations
-import csv, json, math, random, time
+import csv, importlib, json, math, random, sys, time
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable
 
 import numpy as np
@@ -16,15 +18,20 @@ import torch.nn.functional as F
 from safetensors.torch import load as load_safetensors, save as save_safetensors
 from torch import nn
 
+from .configs import Recipe, config_from
 from .core import AiprodError, Registry, atomic_write, default_device
+from .data import ArrayDataset, batches
+from .evaluation import classification_metrics, probability_metrics, softmax
 from .models import build_model
+from .report import TRAINING_LOG, TrainingLog
 
 # %% auto #0
-__all__ = ['optimizers', 'schedules', 'CancelFitException', 'Callback', 'to_device', 'adamw_optimizer', 'sgd_optimizer',
-           'onecycle_schedule', 'warmup_then', 'Learner', 'Recorder', 'save_history', 'ProgressCallback',
-           'TrainingDiverged', 'TrackerCallback', 'EarlyStopping', 'SaveBestModel', 'save_weights', 'read_weights',
-           'load_model', 'rng_states', 'set_rng_states', 'shuffle_generator', 'training_state',
-           'restore_training_state', 'Checkpoint', 'load_checkpoint', 'TensorBoardCallback']
+__all__ = ['optimizers', 'schedules', 'CHECKPOINT', 'CancelFitException', 'Callback', 'to_device', 'adamw_optimizer',
+           'sgd_optimizer', 'onecycle_schedule', 'warmup_then', 'Learner', 'Recorder', 'save_history',
+           'ProgressCallback', 'ProgressLog', 'TrainingDiverged', 'TrackerCallback', 'EarlyStopping', 'SaveBestModel',
+           'save_weights', 'read_weights', 'load_model', 'rng_states', 'set_rng_states', 'shuffle_generator',
+           'training_state', 'restore_training_state', 'Checkpoint', 'load_checkpoint', 'TensorBoardCallback',
+           'FitResult', 'framework_of', 'fit_and_evaluate']
 
 # %% ../nbs/03_training.ipynb #1395e00c
 class CancelFitException(Exception):
@@ -49,14 +56,14 @@ def to_device(batch: Any,                   # a tensor, or a tuple, list or dict
 optimizers = Registry("optimizer")
 
 @optimizers.register("adamw")
-def adamw_optimizer(params, lr: float, wd: float) -> torch.optim.Optimizer:
-    "AdamW with decoupled weight decay `wd`."
-    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+def adamw_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
+    "AdamW at the recipe's `lr`, with decoupled weight decay `wd`."
+    return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.wd)
 
 @optimizers.register("sgd")
-def sgd_optimizer(params, lr: float, wd: float) -> torch.optim.Optimizer:
-    "SGD with Nesterov momentum 0.9 and L2 penalty `wd`."
-    return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd)
+def sgd_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
+    "SGD at the recipe's `lr`, with its Nesterov `momentum` and L2 penalty `wd`."
+    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.momentum > 0, weight_decay=recipe.wd)
 
 # %% ../nbs/03_training.ipynb #e86c5085
 schedules = Registry("schedule")
@@ -65,12 +72,13 @@ schedules = Registry("schedule")
 def onecycle_schedule(optimizer, lr: float, total_steps: int, warmup_pct: float | None = None):
     "torch's one-cycle schedule peaking at `lr` after `warmup_pct` (default 0.3) of the steps."
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=total_steps,
-                                               pct_start=0.3 if warmup_pct is None else warmup_pct)
+                                               pct_start=0.3 if warmup_pct is None else warmup_pct,
+                                               cycle_momentum=not isinstance(optimizer, torch.optim.SGD))
 
-def warmup_then(decay: Callable[[float], float]) -> Callable:
-    "A schedule: linear warm-up over `warmup_pct` (default 0.1) of the steps, then `lr * decay(progress)`, progress 0 → 1."
+def warmup_then(decay: Callable[[float], float], default_warmup: float = 0.1) -> Callable:
+    "A schedule: linear warm-up over `warmup_pct` (default `default_warmup`) of the steps, then `lr * decay(progress)`, progress 0 → 1."
     def schedule(optimizer, lr: float, total_steps: int, warmup_pct: float | None = None):
-        warmup = round((0.1 if warmup_pct is None else warmup_pct) * total_steps)
+        warmup = round((default_warmup if warmup_pct is None else warmup_pct) * total_steps)
         def factor(step: int) -> float:  # LambdaLR multiplies the optimizer's lr by it
             if step < warmup: return (step + 1) / warmup
             return decay(min(1.0, (step - warmup) / max(1, total_steps - warmup)))
@@ -79,32 +87,30 @@ def warmup_then(decay: Callable[[float], float]) -> Callable:
 
 schedules.register("cosine")(warmup_then(lambda progress: 0.5 * (1 + math.cos(math.pi * progress))))
 schedules.register("linear")(warmup_then(lambda progress: 1 - progress))
+schedules.register("constant")(warmup_then(lambda progress: 1.0, default_warmup=0.0))
 
 # %% ../nbs/03_training.ipynb #b564da80
 class Learner:
-    "Trains `model` on `train_batches`, validating on `valid_batches` after every epoch."
+    "Trains `model` on `train` as `recipe` says, validating on `valid` after every epoch."
     def __init__(self,
-                 model: nn.Module,       # the network to train
-                 train_batches,          # iterable of (xb, yb), reshuffled each epoch; xb a tensor, tuple or dict
-                 valid_batches,          # iterable of (xb, yb) for validation
-                 loss_func: Callable = F.cross_entropy,
-                 lr: float = 3e-3,       # peak learning rate of the schedule
-                 wd: float = 1e-2,       # weight decay
+                 model: nn.Module,          # the network to train
+                 train,                     # an ArrayDataset (batched by recipe.bs, reshuffled each epoch), or (xb, yb) batches
+                 valid,                     # an ArrayDataset, or (xb, yb) batches, scored after every epoch
+                 recipe: Recipe | None = None,  # how to train; default: Recipe()
                  cbs: list[Callback] = (),  # extra callbacks
-                 progress: bool = True,  # show a progress bar
+                 progress: bool = True,     # show a progress bar
+                 seed: int = 0,             # seeds the order of an ArrayDataset's training batches
+                 valid_bs: int = 256,       # batch size of an ArrayDataset's validation batches and predictions
                  device: torch.device | None = None,  # default: CUDA when present, else CPU
-                 opt: str = "adamw",     # optimizer: adamw, or sgd (Nesterov momentum 0.9)
-                 schedule: str = "onecycle",  # learning-rate schedule: onecycle, cosine or linear
-                 warmup_pct: float | None = None,  # share of the steps warming up; None: 0.3 for onecycle, else 0.1
-                 clip_grad: float | None = None,   # clip the gradients' global norm to this; None: no clipping
-                 check_finite_every: int = 100):   # also check the loss is finite every this many steps; 0: per epoch
-        optimizers[opt]; schedules[schedule]  # an unknown name fails now, listing the known ones
-        if warmup_pct is not None and not 0 <= warmup_pct < 1: raise ValueError(f"warmup_pct must be in [0, 1), got {warmup_pct}")
-        self.device = device or default_device()
-        self.model, self.train_batches, self.valid_batches = model.to(self.device), train_batches, valid_batches
-        self.loss_func, self.lr, self.wd, self.clip_grad = loss_func, lr, wd, clip_grad
-        self.opt_name, self.schedule_name, self.warmup_pct = opt, schedule, warmup_pct
-        self.check_finite_every = check_finite_every
+                 loss_func: Callable = F.cross_entropy,
+                 check_finite_every: int = 100,  # also check the loss is finite every this many steps; 0: per epoch
+                 **fields):                 # recipe fields to change, e.g. lr=0.01
+        self.recipe = config_from(Recipe, {**asdict(recipe or Recipe()), **fields})  # checked: a bad field fails now
+        self.device, self.valid_bs = device or default_device(), valid_bs
+        self.model = model.to(self.device)
+        self.train_batches = batches(train, self.recipe.bs, shuffle=True, seed=seed) if isinstance(train, ArrayDataset) else train
+        self.valid_batches = self._batches(valid)
+        self.loss_func, self.check_finite_every = loss_func, check_finite_every
         self.recorder = Recorder()
         self.cbs = sorted([self.recorder, *([ProgressCallback()] if progress else []), *cbs], key=lambda cb: cb.order)
         for cb in self.cbs: cb.learn = self
@@ -112,15 +118,19 @@ class Learner:
     def __call__(self, event: str):
         for cb in self.cbs: getattr(cb, event, lambda: None)()
 
+    def _batches(self, data):
+        "`data` as batches: an ArrayDataset in batches of `valid_bs`, in order; anything else as it is."
+        return batches(data, self.valid_bs) if isinstance(data, ArrayDataset) else data
+
     def fit(self,
-            epochs: int,                         # passes over the training data (in all, when resuming)
+            epochs: int | None = None,           # passes over the training data (in all, when resuming); default: the recipe's
             resume_from: str | Path | None = None):  # a `Checkpoint` file to continue from
         "Train for up to `epochs` passes over the training data, or continue an interrupted fit from its checkpoint."
-        self._prepare(epochs)
+        self._prepare(self.recipe.epochs if epochs is None else epochs)
         self("before_fit")
         try:
-            start = restore_training_state(self, load_checkpoint(resume_from), resume_from) if resume_from else 0
-            for self.epoch in range(start, epochs): self._do_epoch()
+            self.start_epoch = restore_training_state(self, load_checkpoint(resume_from), resume_from) if resume_from else 0
+            for self.epoch in range(self.start_epoch, self.epochs): self._do_epoch()
         except CancelFitException: pass
         finally: self("after_fit")  # also when training fails: bars close, the best weights come back
         return self.history
@@ -128,8 +138,8 @@ class Learner:
     def _prepare(self, epochs: int):
         if epochs < 1: raise ValueError(f"epochs must be at least 1, got {epochs}")
         self.epochs, self.steps_per_epoch = epochs, len(self.train_batches)
-        self.opt = optimizers[self.opt_name](self.model.parameters(), self.lr, self.wd)
-        self.scheduler = schedules[self.schedule_name](self.opt, self.lr, epochs * self.steps_per_epoch, self.warmup_pct)
+        self.opt = optimizers[self.recipe.opt](self.model.parameters(), self.recipe)
+        self.scheduler = schedules[self.recipe.schedule](self.opt, self.recipe.lr, epochs * self.steps_per_epoch, self.recipe.warmup_pct)
 
     def _do_epoch(self):
         self("before_epoch")
@@ -139,10 +149,11 @@ class Learner:
 
     def _train_epoch(self) -> float:
         self.model.train()
-        losses, sizes, every = [], [], self.check_finite_every
+        losses, sizes, every, self.samples = [], [], self.check_finite_every, 0
         for self.step, (xb, yb) in enumerate(self.train_batches):
             losses.append(self._train_step(xb, yb))  # 0-d tensors on the device: no sync per batch
             sizes.append(len(yb))
+            self.samples += len(yb)  # examples seen so far in this epoch
             if every and (self.step + 1) % every == 0: self._check_finite(losses, self.step + 1 - every)
             self("after_batch")
         self.train_count, values = sum(sizes), self._check_finite(losses)  # the epoch's one sync
@@ -152,7 +163,7 @@ class Learner:
         "`losses[first:]` on the CPU (one host sync); raises `TrainingDiverged` at the first that is not finite."
         values = torch.stack(losses[first:]).float().cpu()
         bad = (~torch.isfinite(values)).nonzero()
-        if len(bad): raise TrainingDiverged(self.epoch + 1, first + int(bad[0]) + 1, float(values[bad[0]]), self.lr)
+        if len(bad): raise TrainingDiverged(self.epoch + 1, first + int(bad[0]) + 1, float(values[bad[0]]), self.recipe.lr)
         return values
 
     def _train_step(self, xb, yb) -> torch.Tensor:
@@ -160,7 +171,7 @@ class Learner:
         loss = self.loss_func(self.forward(xb), yb)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        if self.clip_grad is not None: nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+        if self.recipe.clip_grad is not None: nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.clip_grad)
         self.opt.step()
         self.scheduler.step()
         self.loss = loss.detach()
@@ -172,15 +183,20 @@ class Learner:
         return getattr(output, "logits", output)
 
     @torch.no_grad()
-    def get_preds(self, batches) -> tuple[torch.Tensor, torch.Tensor]:
-        "Logits `(n, num_classes)` and targets `(n,)` on the CPU, in the order of `batches`."
+    def _predict(self, batches) -> tuple[torch.Tensor, torch.Tensor]:
+        "Logits and targets of `batches`, as CPU tensors."
         self.model.eval()
         outputs = [(self.forward(to_device(xb, self.device)).float().cpu(), yb) for xb, yb in batches]
-        return torch.cat([o for o, _ in outputs]), torch.cat([y for _, y in outputs])
+        return torch.cat([o for o, _ in outputs]), torch.cat([torch.as_tensor(y) for _, y in outputs])
 
-    def validate(self, batches=None) -> tuple[float, float]:
-        "Loss and accuracy on `batches` (default: the validation batches)."
-        logits, targets = self.get_preds(self.valid_batches if batches is None else batches)
+    def get_preds(self, data) -> tuple[np.ndarray, np.ndarray]:  # an ArrayDataset, or (xb, yb) batches
+        "Logits `(n, num_classes)` float32 and targets `(n,)` of `data`, in its order, as NumPy arrays."
+        logits, targets = self._predict(self._batches(data))
+        return logits.numpy(), targets.numpy()
+
+    def validate(self, data=None) -> tuple[float, float]:
+        "Loss and accuracy on `data` (an ArrayDataset or batches; default: the validation data)."
+        logits, targets = self._predict(self.valid_batches if data is None else self._batches(data))
         return self.loss_func(logits, targets).item(), (logits.argmax(1) == targets).float().mean().item()
 
     @property
@@ -222,6 +238,19 @@ class ProgressCallback(Callback):
                               "samples/s": f"{row['samples_per_second']:,.0f}"})
         self.bar.update(self.learn.epoch + 1 - self.bar.n)
     def after_fit(self): self.bar.close()
+
+# %% ../nbs/03_training.ipynb #cd3fc0a7
+class ProgressLog(Callback):
+    "The fit's progress (epoch, step, loss, samples per second, time left) as lines in a text file."
+    order = 12  # after the Recorder, whose row it writes; before EarlyStopping, which may end the fit
+    def __init__(self, path: str | Path, every: float = 10.0):  # the file; seconds between lines within an epoch
+        self.log = TrainingLog(path, every)
+    def before_fit(self): self.log.begin(self.learn.epochs, self.learn.steps_per_epoch)
+    def before_epoch(self): self.log.start_epoch(self.learn.epoch + 1)
+    def after_batch(self):
+        learn = self.learn
+        self.log.after_step(learn.epoch + 1, learn.step + 1, learn.samples, lambda: learn.loss.item())
+    def after_epoch(self): self.log.after_epoch(self.learn.history[-1])
 
 # %% ../nbs/03_training.ipynb #d2713fde
 class TrainingDiverged(AiprodError):
@@ -335,10 +364,10 @@ def _stateful_callbacks(learn: Learner):
         counts[name] += 1
         if hasattr(cb, "state_dict"): yield (name if counts[name] == 1 else f"{name}_{counts[name]}"), cb
 
+_SETTINGS = ("opt", "lr", "momentum", "schedule", "warmup_pct", "wd", "clip_grad")  # the recipe's fields that shape a fit
+
 def _fit_settings(learn: Learner) -> dict:
-    return {"epochs": learn.epochs, "steps_per_epoch": learn.steps_per_epoch, "lr": learn.lr, "wd": learn.wd,
-            "opt": learn.opt_name, "schedule": learn.schedule_name, "warmup_pct": learn.warmup_pct,
-            "clip_grad": learn.clip_grad}
+    return {"epochs": learn.epochs, "steps_per_epoch": learn.steps_per_epoch, **{k: getattr(learn.recipe, k) for k in _SETTINGS}}
 
 def training_state(learn: Learner) -> dict:
     "Everything `learn.fit(..., resume_from=...)` needs to continue after the current epoch."
@@ -350,9 +379,9 @@ def training_state(learn: Learner) -> dict:
 def restore_training_state(learn: Learner, state: dict, source: str | Path = "checkpoint") -> int:
     "Put `state` back into `learn`'s model, optimizer, schedule, callbacks and random generators; the next epoch."
     for name, value in _fit_settings(learn).items():
-        if state["settings"][name] != value:
-            raise AiprodError(f"{source} was saved by a fit with {name}={state['settings'][name]!r}, not {value!r}; "
-                              "resume with the same settings")
+        if state["settings"].get(name) != value:
+            raise AiprodError(f"{source} was saved by a fit with {name}={state['settings'].get(name)!r}, not {value!r}; "
+                              "resume with the same settings, or delete it to start over")
     learn.model.load_state_dict(state["model"])
     learn.opt.load_state_dict(state["optimizer"])
     learn.scheduler.load_state_dict(state["scheduler"])
@@ -385,6 +414,7 @@ class TensorBoardCallback(Callback):
             "lr": "lr", "samples_per_second": "samples_per_second"}
     def __init__(self, log_dir: str | Path): self.log_dir = Path(log_dir)
     def before_fit(self):
+        if "tensorflow" not in sys.modules: sys.modules.setdefault("tensorboard.compat.notf", ModuleType("tensorboard.compat.notf"))
         try: from torch.utils.tensorboard import SummaryWriter
         except ImportError as e: raise AiprodError("TensorBoardCallback needs tensorboard: pip install tensorboard") from e
         self.writer = SummaryWriter(self.log_dir)
@@ -393,3 +423,65 @@ class TensorBoardCallback(Callback):
         for column, tag in self.tags.items(): self.writer.add_scalar(tag, row[column], row["epoch"])
         self.writer.flush()  # once per epoch: the files are readable while training goes on
     def after_fit(self): self.writer.close()
+
+# %% ../nbs/03_training.ipynb #2d8252e6
+CHECKPOINT = "checkpoint.pt"  # in a fit's folder while the fit is unfinished: what resuming it needs
+
+@dataclass
+class FitResult:
+    "What fitting a model and scoring it on the test split give a report."
+    learn: Any                     # the Learner or KerasLearner; its model holds the best epoch's weights
+    recipe: Recipe                 # how the model was trained
+    history: list[dict]            # one row per epoch, as in history.csv
+    best_epoch: int | None         # the epoch whose weights were kept
+    best_valid_loss: float | None  # its validation loss
+    stopped_epoch: int | None      # the epoch after which early stopping ended the fit; None if it ran all its epochs
+    seconds: float                 # how long the fit took (this attempt's part, when resumed)
+    resumed_at: int | None         # the epoch a resumed fit went on from; None for a fit from scratch
+    probs: np.ndarray              # (n, num_classes) class probabilities of the test split
+    targets: np.ndarray            # (n,) true class indices of the test split
+    metrics: dict                  # the test split's classification and probability metrics
+
+    @property
+    def training(self) -> dict:
+        "The facts of the fit for `metrics.json`'s training section."
+        return {"epochs_run": len(self.history), "stopped_early": self.stopped_epoch is not None, "best_epoch": self.best_epoch,
+                "seconds": self.seconds, "recipe": asdict(self.recipe), **({"resumed_at_epoch": self.resumed_at} if self.resumed_at else {})}
+
+def framework_of(model) -> str:
+    "torch or keras: the library of `model` (on Keras's torch backend, a Keras model is also a torch module)."
+    return "keras" if "keras" in sys.modules and isinstance(model, sys.modules["keras"].Model) else "torch"
+
+def _learner(model, data: dict, recipe: Recipe, metadata: dict, folder: Path, seed: int, device, cbs: list):
+    "The learner of `model`'s framework with a run's callbacks; and its best-model and early-stopping callbacks."
+    is_torch = framework_of(model) == "torch"
+    library = importlib.import_module(__name__ if is_torch else "aiprod.keras_models")
+    callbacks = [library.SaveBestModel(path=folder / ("model.safetensors" if is_torch else "model.keras"), metadata=metadata),
+                 library.EarlyStopping(patience=recipe.patience), library.ProgressLog(folder / TRAINING_LOG),
+                 library.TensorBoardCallback(folder / "tensorboard"), *([Checkpoint(folder / CHECKPOINT)] if is_torch else []), *cbs]
+    make, options = (Learner, {"device": device}) if is_torch else (library.KerasLearner, {})
+    return make(model, data["train"], data["valid"], recipe, cbs=callbacks, progress=False, seed=seed, **options), *callbacks[:2]
+
+def fit_and_evaluate(model,                          # a torch module, or a Keras model from `keras_models.build_model`
+                     data: dict,                     # "train", "valid", "test": ArrayDatasets (torch also takes (xb, yb) batches)
+                     recipe: Recipe,                 # how to train, e.g. from `configs.recipe_for`
+                     classes: list[str],             # class names, in class-index order
+                     metadata: dict | None = None,   # facts saved with the best weights (model name, config, classes...)
+                     folder: str | Path = ".",       # where the model, history, logs and checkpoint go: the run folder
+                     seed: int = 0,                  # seeds the order of the training batches
+                     device: torch.device | None = None,  # torch: where to train; default CUDA when present, else CPU
+                     cbs: list = (),                 # more callbacks, of the model's framework
+                    ) -> FitResult:
+    "Train `model` as `recipe` says (resuming an unfinished fit found in `folder`), keep its best epoch, score it on the test split."
+    folder = Path(folder)
+    learn, best, stopper = _learner(model, data, recipe, {**(metadata or {}), "recipe": asdict(recipe)}, folder, seed, device, list(cbs))
+    checkpoint = folder / CHECKPOINT
+    resume_from = checkpoint if framework_of(model) == "torch" and checkpoint.exists() else None
+    learn.fit(resume_from=resume_from)
+    checkpoint.unlink(missing_ok=True)  # the fit is complete: nothing left to resume
+    save_history(learn.history, folder / "history.csv")
+    logits, targets = learn.get_preds(data["test"])
+    probs = softmax(logits)
+    metrics = {**classification_metrics(targets, probs.argmax(1), classes), **probability_metrics(targets, probs, classes)}
+    return FitResult(learn, learn.recipe, learn.history, best.best_epoch, best.best, stopper.stopped_epoch,
+                     learn.recorder.fit_seconds, learn.start_epoch + 1 if resume_from else None, probs, targets, metrics)

@@ -26,7 +26,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
     (["-p", "valid_pct", "1.5"], "parameter 'valid_pct' of template 'image_classification' must be > 0 and < 1; got 1.5"),
     (["-p", "dataset", "mnits"], "parameter 'dataset' of template 'image_classification' must be one of: digits, mnist, imagefolder, npz, idx; got 'mnits'"),
     (["-p", "framework", "jax"], "parameter 'framework' of template 'image_classification' must be one of: torch, keras; got 'jax'"),
-    (["-p", "model", "xyz"], "parameter 'model' of template 'image_classification' must be one of: cnn; got 'xyz'"),
+    (["-p", "model", "xyz"], "parameter 'model' of template 'image_classification' must be one of: cnn, mlp; got 'xyz'"),
     (["-p", "framework", "keras", "-p", "backend", "jax"], "parameter 'backend' of template 'image_classification' must be one of: torch, tensorflow; got 'jax'"),
     (["-p", "widths", "[16, 0]"], "each item of parameter 'widths' of template 'image_classification' must be ≥ 1; got 0 in [16, 0]"),
     (["text_classification", "-p", "max_length", "1000"], "parameter 'max_length' of template 'text_classification' must be ≥ 2 and ≤ 512; got 1000"),

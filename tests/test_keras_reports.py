@@ -7,7 +7,7 @@ import pytest
 from aiprod.keras_models import read_metadata
 from conftest import run_cli
 
-RUN_FILES = {"report.html", "notebook.ipynb", "params.yaml", "metrics.json", "history.csv", "model.keras"}
+RUN_FILES = {"report.html", "notebook.ipynb", "params.yaml", "metrics.json", "history.csv", "model.keras", "training.log", "tensorboard"}
 
 
 def keras_run(tmp_path, template, backend, *extra):
@@ -49,6 +49,17 @@ def test_image_classification_with_keras(tmp_path, default_run, backend):
     assert "Training ran all 1 epochs" in page and "<td>keras</td>" in page
     metadata = read_metadata(run_dir / "model.keras")
     assert metadata["model"] == "cnn" and metadata["epoch"] == 1 and len(metadata["classes"]) == 10
+    assert metadata["recipe"] == training["recipe"] == torch_record["training"]["recipe"] | {"epochs": 1}
+    assert {p.name for p in (run_dir / "tensorboard").iterdir()} == {"train", "validation"}  # Keras's own TensorBoard runs
+
+
+def test_classic_mlp_with_keras_sgd(tmp_path):
+    "The MLP and SGD with momentum on Keras (TensorFlow): the same recipe, on Keras's optimizer and schedule."
+    run_dir, record = keras_run(tmp_path, "image_classification", "tensorflow", "-p", "model", "mlp", "-p", "opt", "sgd",
+                                "-p", "lr", "0.05", "-p", "schedule", "constant", "-p", "limit", "200")
+    assert RUN_FILES <= {p.name for p in run_dir.iterdir()} and record["model"]["architecture"] == "MLP"
+    assert (record["training"]["recipe"]["opt"], record["training"]["recipe"]["schedule"]) == ("sgd", "constant")
+    assert record["metrics"]["test_accuracy"] >= 0.2, record["metrics"]  # chance 0.1; measured 0.315 (one epoch of 200 images)
 
 
 # Floors: what these seeded one-epoch runs reach, with a margin (measured: text 0.609 ROC AUC, its accuracy 0.51 is the
@@ -74,7 +85,7 @@ def test_sequence_templates_with_keras(tmp_path, template, backend, extra, expec
 def test_keras_bert_fails_in_the_kernel_naming_the_parameter(tmp_path):
     "framework and backend choices are checked before the kernel (tests/test_bad_input.py); the model/framework pair is not."
     args, message = (["text_classification", "-p", "framework", "keras", "-p", "model", "bert"],
-                     "model 'bert' has no Keras version (Keras models: audio_lstm, cnn, lstm); use framework torch")
+                     "model 'bert' has no Keras version (Keras models: audio_lstm, cnn, lstm, mlp); use framework torch")
     done = run_cli("aiprod", "run", "--quiet", *args, cwd=tmp_path)
     assert done.returncode == 1 and "ParameterError" in done.stderr and message in done.stderr, done.stderr
     (run_dir,) = [p for p in (tmp_path / "reports").iterdir() if p.is_dir()]

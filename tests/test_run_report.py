@@ -15,7 +15,8 @@ def test_default_run_writes_every_file(default_run):
     assert f"report: reports/{run_dir.name}/report.html" in done.stdout
     assert re.fullmatch(r"\d{8}-\d{6}-image_classification-[0-9a-f]{6}", run_dir.name)
     names = {p.name for p in run_dir.iterdir()}
-    assert names == {"report.html", "notebook.ipynb", "params.yaml", "metrics.json", "history.csv", "model.safetensors", "preprocessing"}
+    assert names == {"report.html", "notebook.ipynb", "params.yaml", "metrics.json", "history.csv", "model.safetensors",
+                     "preprocessing", "input_example.npy", "training.log", "tensorboard"}  # no checkpoint: the fit finished
 
 
 def test_default_run_reaches_target_accuracy(default_run):
@@ -26,6 +27,8 @@ def test_default_run_reaches_target_accuracy(default_run):
     assert record["evaluation"]["confusion_matrix"] and len(record["evaluation"]["per_class"]) == 10
     assert record["environment"]["torch"].startswith("2.") and record["training"]["device"] == "cpu"
     assert record["timings"]["execute_s"] > 0 and record["timings"]["total_s"] >= record["timings"]["execute_s"]
+    recipe = record["training"]["recipe"]  # how the model was trained, saved with it
+    assert (recipe["opt"], recipe["lr"], recipe["schedule"], recipe["bs"], recipe["epochs"]) == ("adamw", 0.003, "onecycle", 64, 10)
 
 
 def test_params_yaml_holds_what_was_injected(default_run):
@@ -47,6 +50,7 @@ def test_history_and_weights_reload(default_run):
     model = load_model(run_dir / "model.safetensors")
     metadata = read_weights(run_dir / "model.safetensors")[1]
     assert metadata["data_fingerprint"] == record["data"]["fingerprint"] and metadata["model"] == "cnn"
+    assert metadata["recipe"] == record["training"]["recipe"]
     test = split_data(load_dataset("digits"), seed=0)["test"]
     stats = metadata["normalization"]        # the training split's statistics travel with the weights
     test.x = ((test.x - stats["mean"][0]) / stats["std"][0]).astype("float32")
@@ -90,3 +94,30 @@ def test_parameters_file_then_p_flags(default_run, tmp_path):
     assert newest["training"]["epochs_run"] == 2
     page = (reports / "index.html").read_text()
     assert page.index(newest["run_id"]) < page.index(first.name)
+
+
+def test_training_writes_tensorboard_logs_and_a_training_log(default_run):
+    "The run folder holds TensorBoard event files (`tensorboard --logdir reports/`) and the fit's progress lines."
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    _, run_dir, _ = default_run
+    rows = list(csv.DictReader((run_dir / "history.csv").open()))
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert {"loss/train", "loss/valid", "accuracy/valid", "lr"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("loss/valid")] == [int(row["epoch"]) for row in rows]
+    lines = (run_dir / "training.log").read_text().splitlines()
+    assert lines[0] == "training: 10 epochs of 19 steps" and lines[-1].startswith("epoch 10/10  train_loss ")
+
+
+def test_a_run_shows_training_progress_on_stderr(tmp_path):
+    "Without --quiet, the fit's progress lines reach the terminal as the run goes; the report holds none of them."
+    done = run_cli("aiprod", "run", "-p", "epochs", "3", "-p", "widths", "[8, 16]", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "training: 3 epochs of 19 steps\n" in done.stderr, done.stderr
+    for epoch in (1, 2, 3): assert re.search(rf"epoch {epoch}/3  train_loss [\d.]+  valid_loss [\d.]+  valid_accuracy [\d.]+  "
+                                            rf"[\d,]+ samples/s  [\d.]+ s  ETA \d:\d\d:\d\d", done.stderr), done.stderr
+    assert "Executing" in done.stderr  # papermill's bar is still there
+    (run_dir,) = (tmp_path / "reports").glob("*/")
+    assert "samples/s  ETA" not in (run_dir / "notebook.ipynb").read_text() + (run_dir / "report.html").read_text()
+    quiet = run_cli("aiprod", "run", "--quiet", "-p", "epochs", "1", "-p", "widths", "[8, 16]", cwd=tmp_path)
+    assert quiet.returncode == 0 and "epoch 1/1" not in quiet.stderr, quiet.stderr
