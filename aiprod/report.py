@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast, fcntl, hashlib, html, importlib.resources, json, operator, os, re, secrets, sys, tempfile, threading, time
 from collections import Counter
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -118,6 +118,13 @@ def existing_path(template: str, parameter: Parameter, value: str) -> str:
                              template, parameter.name)
     return str(path)
 
+def _with_paths(template: str, parameter: Parameter, value: Any) -> Any:
+    "`value` with each `*_path`, itself or a key of a dict (`data_options.test_path`), made absolute: the kernel runs elsewhere."
+    if isinstance(value, dict):
+        return {key: _with_paths(template, replace(parameter, name=f"{parameter.name}.{key}"), item) if key.endswith("_path")
+                else item for key, item in value.items()}
+    return existing_path(template, parameter, value) if parameter.name.endswith("_path") and isinstance(value, str) else value
+
 _COMPARE = {"<": operator.lt, "≤": operator.le, ">": operator.gt, "≥": operator.ge}
 
 def _follows(parameter: Parameter, item: Any) -> bool:
@@ -146,8 +153,7 @@ def resolve_params(template: str, path: str | Path, values: dict[str, Any]) -> d
                                  template, name)
     params = {name: check_rule(template, p, coerce(template, p, values[name]) if name in values else p.default)
               for name, p in declared.items() if name in values or p.literal}
-    return {name: existing_path(template, declared[name], value) if name.endswith("_path") and isinstance(value, str)
-            else value for name, value in params.items()}
+    return {name: _with_paths(template, declared[name], value) for name, value in params.items()}
 
 # %% ../nbs/05_report.ipynb #2bc73bd1
 def new_run_id(template: str, params: dict) -> str:
