@@ -47,6 +47,7 @@ bench: setup
 	$(BIN)/python bench/training_throughput.py
 	$(BIN)/python bench/keras_throughput.py
 	$(BIN)/python bench/batch_throughput.py
+	$(BIN)/python bench/predict.py
 
 # every model template on its full data set against its quality target (about 40 minutes on 2 CPUs)
 quality: setup
