@@ -104,7 +104,7 @@ def bundle_manifest(folder: Path, record: dict, prep: Preprocessor, settings: di
     return {"schema_version": SCHEMA_VERSION, "name": name, "version": version, "task": record["template"],
             "classes": record["data"]["classes"], "framework": training.get("framework", "torch"),
             "backend": training.get("backend"), "model": _model_spec(folder, record),
-            "input": input_signature(prep), "preprocessing": settings, "recipe": record["params"],
+            "input": input_signature(prep), "preprocessing": settings, "recipe": record.get("training", {}).get("recipe", {}), "params": record["params"],
             "metrics": {**record.get("metrics", {}), **{k: evaluation[k] for k in ("accuracy", "f1_macro", "ece") if k in evaluation}},
             "data_fingerprint": record["data"].get("fingerprint"), "source_run": record["run_id"],
             "report": str((folder / "report.html").resolve()), "git_commit": (record.get("environment") or {}).get("git_commit"),

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_predict.ipynb #0ac871d3
 from __future__ import annotations
-import hashlib, json, os
+import hashlib, json, os, sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator
@@ -107,9 +107,15 @@ def torch_runtime(folder: Path, manifest: dict) -> Callable:
 def keras_runtime(folder: Path, manifest: dict) -> Callable:
     "Forward of the Keras model in `model.keras`, loaded in safe mode on the manifest's backend."
     backend = manifest.get("backend") or "torch"
-    if os.environ.setdefault("KERAS_BACKEND", backend) != backend:
-        raise AiprodError(f"{folder}: this bundle needs Keras on {backend}, but KERAS_BACKEND is {os.environ['KERAS_BACKEND']}")
-    import keras
+    if "keras" in sys.modules and (loaded := sys.modules["keras"].config.backend()) != backend:
+        raise AiprodError(f"{folder}: this bundle needs Keras on {backend}, but Keras runs on {loaded} in this process: "
+                          "load the bundle in a process of its own")
+    before = os.environ.get("KERAS_BACKEND")
+    os.environ["KERAS_BACKEND"] = backend  # Keras reads it once, when first imported
+    try: import keras
+    finally:  # child processes keep the user's own setting
+        if before is None: del os.environ["KERAS_BACKEND"]
+        else: os.environ["KERAS_BACKEND"] = before
     path = bundle_file(folder, manifest["model"]["file"])
     try: model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as e: raise AiprodError(f"{path}: not a readable Keras model ({e})") from e

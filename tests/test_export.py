@@ -1,6 +1,6 @@
 """`aiprod export` and `aiprod predict` on real runs of each model template: the bundle, loaded in a fresh process,
 predicts on the run's own test split what the run predicted."""
-import io, json, shutil, subprocess, sys
+import io, json, os, shutil, subprocess, sys
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +126,7 @@ def check_bundle(run_dir: Path, record: dict, test, tmp_path: Path):
     manifest = json.loads((moved / "bundle.json").read_text())
     assert (manifest["schema_version"], manifest["name"], manifest["version"]) == (1, "small", "0.1")
     assert manifest["source_run"] == run_dir.name and manifest["classes"] == record["data"]["classes"]
-    assert manifest["data_fingerprint"] == record["data"]["fingerprint"] and manifest["recipe"] == record["params"]
+    assert manifest["data_fingerprint"] == record["data"]["fingerprint"] and manifest["recipe"] == record["training"]["recipe"] and manifest["params"] == record["params"]
     assert (moved / "bert" / "config.json").exists() == (manifest["model"]["name"] == "bert")
     if test.kind == "audio":  # recordings as float WAV files: the exact waveforms, through the WAV reader
         from scipy.io import wavfile
@@ -135,7 +135,9 @@ def check_bundle(run_dir: Path, record: dict, test, tmp_path: Path):
         inputs = tmp_path / "inputs.json"; inputs.write_text(json.dumps(paths))
     elif test.kind == "text": inputs = tmp_path / "inputs.json"; inputs.write_text(json.dumps(list(map(str, test.x))))
     else: inputs = tmp_path / "inputs.npy"; np.save(inputs, test.x)
-    out = subprocess.run([sys.executable, "-c", PREDICT, moved, inputs, tmp_path / "probs.npy"], capture_output=True, text=True)
+    # a user's shell may name another Keras backend: a bundle loads on its own
+    out = subprocess.run([sys.executable, "-c", PREDICT, moved, inputs, tmp_path / "probs.npy"], capture_output=True, text=True,
+                         env={**os.environ, "KERAS_BACKEND": "jax"})
     assert out.returncode == 0, out.stderr
     probs, loaded = np.load(tmp_path / "probs.npy"), json.loads(out.stdout)
     assert (manifest["framework"], manifest["backend"]) == (record["training"].get("framework", "torch"), record["training"].get("backend"))
