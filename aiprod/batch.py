@@ -141,7 +141,7 @@ def load_sweep(path: str | Path) -> Sweep:
 # %% ../nbs/08_batch.ipynb #05b8d8b5
 def latest_by_key(reports_dir: str | Path) -> dict[str, dict]:
     "The newest record of each run key in `reports_dir`."
-    return {key: record for key, record in latest_attempts(list_runs(reports_dir)).items() if "run_key" in record}
+    return {key: record for key, record in latest_attempts(list_runs(reports_dir)).items() if record.get("run_key")}
 
 def select_runs(plans: list[RunPlan],      # the sweep's runs
                 latest: dict[str, dict],   # from `latest_by_key`

@@ -5,7 +5,7 @@
 # %% ../nbs/01g_configs.ipynb #04ba86c4
 from __future__ import annotations
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from .core import ParameterError, Registry, config_from
 

@@ -4,14 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #978ed832
 from __future__ import annotations
-import dataclasses, html, importlib.metadata, os, platform, random, re, subprocess, tempfile
+import dataclasses, html, importlib.metadata, os, platform, random, re, shutil, subprocess, tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 # %% auto #0
 __all__ = ['AiprodError', 'UnknownNameError', 'ParameterError', 'RunFailed', 'Registry', 'config_from', 'seed_everything',
-           'default_device', 'atomic_write', 'escape_markdown', 'git_commit', 'package_version', 'environment']
+           'default_device', 'atomic_write', 'atomic_folder', 'escape_markdown', 'git_commit', 'package_version',
+           'environment']
 
 # %% ../nbs/00_core.ipynb #4279bdc7
 class AiprodError(Exception):
@@ -98,6 +99,22 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
+        raise
+
+# %% ../nbs/00_core.ipynb #5ab52212
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    "A temporary folder beside `path`, put in its place (replacing any old one) only if the block succeeds."
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        old = path.with_name(f".{path.name}.old")
+        if path.exists(): shutil.rmtree(old, ignore_errors=True); os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 # %% ../nbs/00_core.ipynb #8347ac5b

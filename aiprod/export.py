@@ -9,10 +9,10 @@ from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
-from .core import AiprodError, UnknownNameError, atomic_write, escape_markdown, package_version
+from .core import AiprodError, UnknownNameError, atomic_folder, atomic_write, escape_markdown
 from .data import ArrayDataset
 from .predict import MANIFEST, SCHEMA_VERSION, file_digest, load
-from .preprocess import Preprocessor, _atomic_folder, load_preprocessor
+from .preprocess import Preprocessor, load_preprocessor
 from .report import list_runs, read_json
 
 # %% auto #0
@@ -104,7 +104,8 @@ def bundle_manifest(folder: Path, record: dict, prep: Preprocessor, settings: di
     return {"schema_version": SCHEMA_VERSION, "name": name, "version": version, "task": record["template"],
             "classes": record["data"]["classes"], "framework": training.get("framework", "torch"),
             "backend": training.get("backend"), "model": _model_spec(folder, record),
-            "input": input_signature(prep), "preprocessing": settings, "recipe": record.get("training", {}).get("recipe", {}), "params": record["params"],
+            "input": input_signature(prep), "preprocessing": settings, "recipe": training.get("recipe", {}),
+            "params": record["params"],
             "metrics": {**record.get("metrics", {}), **{k: evaluation[k] for k in ("accuracy", "f1_macro", "ece") if k in evaluation}},
             "data_fingerprint": record["data"].get("fingerprint"), "source_run": record["run_id"],
             "report": str((folder / "report.html").resolve()), "git_commit": (record.get("environment") or {}).get("git_commit"),
@@ -208,7 +209,7 @@ def export_run(
     prep = load_preprocessor(settings, folder / "preprocessing")
     manifest = bundle_manifest(folder, record, prep, settings, name, str(version))
     out.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic_folder(out) as tmp:
+    with atomic_folder(out) as tmp:
         _copy_files(folder, tmp, record, manifest)
         card = model_card_markdown(manifest, record)
         (tmp / "model_card.md").write_text(card, encoding="utf-8")

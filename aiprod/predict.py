@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib, json, os, sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from .core import AiprodError, Registry, atomic_write
@@ -157,9 +157,10 @@ class Predictor:
 
     def _encode(self, chunk, start: int, skip_bad: bool) -> tuple[list[int], object, list[InputError]]:
         "Model inputs of a chunk of raw inputs; with `skip_bad`, those that read, and errors for the rest."
-        try: return list(range(start, start + len(chunk))), self.preprocessor.encode(chunk), []
-        except InputError as e:
-            if not skip_bad: raise InputError(e.reason, e.source, start + (e.index or 0)) from e
+        if not (skip_bad and isinstance(chunk, list)):  # a list that may hold bad items is read item by item, once
+            try: return list(range(start, start + len(chunk))), self.preprocessor.encode(chunk), []
+            except InputError as e:
+                if not skip_bad: raise InputError(e.reason, e.source, start + (e.index or 0)) from e
         indices, loaded, errors = [], [], []
         for index, item in enumerate(chunk, start):
             try: loaded.append(self.preprocessor.read(item)); indices.append(index)

@@ -4,14 +4,13 @@
 
 # %% ../nbs/01f_preprocess.ipynb #c4d4b167
 from __future__ import annotations
-import dataclasses, io, math, os, shutil, tempfile
-from contextlib import contextmanager
+import dataclasses, io, math, os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import numpy as np
-from .core import AiprodError, Registry, config_from
+from .core import AiprodError, Registry, atomic_folder, config_from
 from .data import ArrayDataset, normalization_stats, normalize
 from .loaders import BadItem, _array_inputs, _image_size, _object_array, _stack_images, image_pixels, read_image, read_wav
 from .text import Vocab, bert_encode, bert_tokenizer, choose_seq_len, clean_text, clean_texts, encode_splits
@@ -107,21 +106,6 @@ def preprocessor_for(
 ) -> Preprocessor:
     "A new preprocessor of `kind`, not yet fitted; an unknown setting is an error listing the known ones."
     return config_from(preprocessors[kind], settings)
-
-# %% ../nbs/01f_preprocess.ipynb #e8fbe206
-@contextmanager
-def _atomic_folder(path: Path) -> Iterator[Path]:
-    "A temporary folder beside `path`, put in its place (replacing any old one) only if the block succeeds."
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        old = path.with_name(f".{path.name}.old")
-        if path.exists(): shutil.rmtree(old, ignore_errors=True); os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 # %% ../nbs/01f_preprocess.ipynb #b9044256
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601-2 weights of R, G, B, as Pillow's convert("L")
@@ -270,7 +254,7 @@ class TextPreprocessor(Preprocessor):
 
     def _save_files(self, folder: Path):
         if self.tokenizer == "words": return self.vocab.save(folder / self.files["vocab"])
-        with _atomic_folder(folder / self.files["tokenizer"]) as tmp: self.wordpiece.save_pretrained(tmp)
+        with atomic_folder(folder / self.files["tokenizer"]) as tmp: self.wordpiece.save_pretrained(tmp)
 
     def _load_files(self, paths: dict[str, Path]):
         if self.tokenizer == "words": self.vocab = Vocab.load(paths["vocab"])

@@ -459,12 +459,15 @@ def _forms(secrets: dict[str, str]) -> list[str]:
 
 def redact(value: Any, secrets: dict[str, str]) -> Any:
     "`value` (a text, or the texts in a dict or list) with every form of every secret replaced by `<secret>`."
-    if isinstance(value, str):
-        for form in _forms(secrets): value = value.replace(form, "<secret>")
+    forms = _forms(secrets)  # once, not per text of a large record
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            for form in forms: value = value.replace(form, "<secret>")
+            return value
+        if isinstance(value, dict): return {clean(k): clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)): return [clean(v) for v in value]
         return value
-    if isinstance(value, dict): return {redact(k, secrets): redact(v, secrets) for k, v in value.items()}
-    if isinstance(value, (list, tuple)): return [redact(v, secrets) for v in value]
-    return value
+    return clean(value)
 
 def _holds(path: str, forms: list[bytes]) -> bool:
     "Whether the file at `path` contains one of `forms`, read 16 MiB at a time."
