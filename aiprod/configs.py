@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from .core import ParameterError, Registry, config_from
 
 # %% auto #0
-__all__ = ['model_configs', 'OPTIMIZERS', 'SCHEDULES', 'recipes', 'CNNConfig', 'MLPConfig', 'LSTMConfig', 'AudioLSTMConfig',
-           'BertConfig', 'Recipe', 'recipe_for']
+__all__ = ['model_configs', 'OPTIMIZERS', 'WARMUP', 'SCHEDULES', 'recipes', 'CNNConfig', 'MLPConfig', 'LSTMConfig',
+           'AudioLSTMConfig', 'BertConfig', 'Recipe', 'recipe_for']
 
 # %% ../nbs/01g_configs.ipynb #40001e8b
 @dataclass
@@ -69,7 +69,8 @@ model_configs.register("bert")(BertConfig)
 
 # %% ../nbs/01g_configs.ipynb #1340f0bf
 OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("onecycle", "cosine", "linear", "constant")
+WARMUP = {"onecycle": 0.3, "cosine": 0.1, "linear": 0.1, "constant": 0.0}  # share of the steps warming up, by schedule
+SCHEDULES = tuple(WARMUP)
 
 def _in_range(value, low: float, high: float = math.inf, above: bool = False, whole: bool = False) -> bool:
     "Whether `value` is a number (a whole one if `whole`) from `low` (excluded if `above`) up to, not including, `high`."
@@ -83,7 +84,7 @@ class Recipe:
     lr: float = 3e-3                 # peak learning rate of the schedule
     momentum: float = 0.9            # sgd's momentum; adamw does not use it
     schedule: str = "onecycle"       # onecycle, cosine, linear or constant
-    warmup_pct: float | None = None  # share of the steps warming up; None: 0.3 onecycle, 0.1 cosine and linear, 0 constant
+    warmup_pct: float | None = None  # share of the steps warming up; None: the schedule's usual share (WARMUP)
     wd: float = 1e-2                 # weight decay: AdamW's decoupled decay, SGD's L2 penalty
     clip_grad: float | None = None   # clip the gradients' global norm to this; None: no clipping
     epochs: int = 10                 # passes over the training data (early stopping may end sooner)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .configs import AudioLSTMConfig, CNNConfig, LSTMConfig, MLPConfig, Recipe, model_configs
+from .configs import WARMUP, AudioLSTMConfig, CNNConfig, LSTMConfig, MLPConfig, Recipe, model_configs
 from .core import _UMASK, AiprodError, ParameterError, Registry, config_from, package_version
 from .data import ArrayDataset
 from .report import TrainingLog
@@ -345,8 +345,8 @@ schedules = Registry("schedule")  # by the names of `training.schedules`: (lr, t
 
 @schedules.register("onecycle")
 def _one_cycle(lr: float, total_steps: int, warmup_pct: float | None = None):
-    "Keras's `CosineDecay` warming up from `lr / 25` to `lr` over `warmup_pct` (default 0.3) of the steps, then to zero."
-    warmup = max(1, round((0.3 if warmup_pct is None else warmup_pct) * total_steps))
+    "Keras's `CosineDecay` warming up from `lr / 25` to `lr` over `warmup_pct` (default `WARMUP`'s) of the steps, then to zero."
+    warmup = max(1, round((WARMUP["onecycle"] if warmup_pct is None else warmup_pct) * total_steps))
     return import_keras().optimizers.schedules.CosineDecay(lr / 25, decay_steps=max(1, total_steps - warmup),
                                                            warmup_target=lr, warmup_steps=warmup)
 
@@ -356,7 +356,7 @@ def _warmup_then(decay: str, default_warmup: float):
         return warmup_decay()(lr, total_steps, round((default_warmup if warmup_pct is None else warmup_pct) * total_steps), decay)
     return schedule
 
-for name, default_warmup in (("cosine", 0.1), ("linear", 0.1), ("constant", 0.0)): schedules.register(name)(_warmup_then(name, default_warmup))
+for name in ("cosine", "linear", "constant"): schedules.register(name)(_warmup_then(name, WARMUP[name]))
 
 optimizers = Registry("optimizer")  # by the names of `training.optimizers`: (recipe, schedule) → a Keras optimizer
 

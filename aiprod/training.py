@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load as load_safetensors, save as save_safetensors
 from torch import nn
 
-from .configs import Recipe, config_from
+from .configs import WARMUP, Recipe, config_from
 from .core import AiprodError, Registry, atomic_write, default_device
 from .data import ArrayDataset, batches
 from .evaluation import classification_metrics, probability_metrics, softmax
@@ -70,12 +70,12 @@ schedules = Registry("schedule")
 
 @schedules.register("onecycle")
 def onecycle_schedule(optimizer, lr: float, total_steps: int, warmup_pct: float | None = None):
-    "torch's one-cycle schedule peaking at `lr` after `warmup_pct` (default 0.3) of the steps."
+    "torch's one-cycle schedule peaking at `lr` after `warmup_pct` (default `WARMUP`'s) of the steps."
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=total_steps,
-                                               pct_start=0.3 if warmup_pct is None else warmup_pct,
+                                               pct_start=WARMUP["onecycle"] if warmup_pct is None else warmup_pct,
                                                cycle_momentum=not isinstance(optimizer, torch.optim.SGD))
 
-def warmup_then(decay: Callable[[float], float], default_warmup: float = 0.1) -> Callable:
+def warmup_then(decay: Callable[[float], float], default_warmup: float) -> Callable:
     "A schedule: linear warm-up over `warmup_pct` (default `default_warmup`) of the steps, then `lr * decay(progress)`, progress 0 → 1."
     def schedule(optimizer, lr: float, total_steps: int, warmup_pct: float | None = None):
         warmup = round((default_warmup if warmup_pct is None else warmup_pct) * total_steps)
@@ -85,9 +85,9 @@ def warmup_then(decay: Callable[[float], float], default_warmup: float = 0.1) ->
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return schedule
 
-schedules.register("cosine")(warmup_then(lambda progress: 0.5 * (1 + math.cos(math.pi * progress))))
-schedules.register("linear")(warmup_then(lambda progress: 1 - progress))
-schedules.register("constant")(warmup_then(lambda progress: 1.0, default_warmup=0.0))
+schedules.register("cosine")(warmup_then(lambda progress: 0.5 * (1 + math.cos(math.pi * progress)), WARMUP["cosine"]))
+schedules.register("linear")(warmup_then(lambda progress: 1 - progress, WARMUP["linear"]))
+schedules.register("constant")(warmup_then(lambda progress: 1.0, WARMUP["constant"]))
 
 # %% ../nbs/03_training.ipynb #b564da80
 class Learner:
