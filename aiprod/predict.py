@@ -267,7 +267,6 @@ def predict_files(
     progress: bool = True,     # a progress bar on stderr (when it is a terminal)
 ) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
     "Rows (input id, class probabilities) of the inputs in `paths`, and a message for each input that failed."
-    import sys
     from tqdm.auto import tqdm
     ids, items, errors = gather_inputs(paths, predictor.kind, text_column)
     failures, rows = [str(e) for e in errors], []
@@ -287,9 +286,11 @@ def write_predictions(
     out: str | Path | None = None,      # a .csv or .jsonl file; None: CSV to stdout
 ):
     "Each input's id, label, probability and every class's probability, as CSV or JSON lines."
-    import csv, io, sys
+    import csv, io
+    suffix = ".csv" if out is None else Path(out).suffix.lower()
+    if suffix not in (".csv", ".jsonl"): raise AiprodError(f"{out}: predictions are written as .csv or .jsonl")
     text = io.StringIO()
-    if out is not None and Path(out).suffix.lower() == ".jsonl":
+    if suffix == ".jsonl":
         for id_, p in rows:
             text.write(json.dumps({"id": id_, "label": classes[p.argmax()], "probability": float(p.max()),
                                    "probabilities": dict(zip(classes, map(float, p)))}, ensure_ascii=False) + "\n")
@@ -298,5 +299,4 @@ def write_predictions(
         writer.writerow(["id", "label", "probability", *(f"probability_{c}" for c in classes)])
         writer.writerows([id_, classes[p.argmax()], f"{p.max():.6g}", *(f"{v:.6g}" for v in p)] for id_, p in rows)
     if out is None: sys.stdout.write(text.getvalue()); return
-    if Path(out).suffix.lower() not in (".csv", ".jsonl"): raise AiprodError(f"{out}: predictions are written as .csv or .jsonl")
     with atomic_write(out) as f: f.write(text.getvalue())
