@@ -11,13 +11,13 @@ from urllib.parse import quote
 import numpy as np
 from .core import AiprodError, UnknownNameError, atomic_folder, atomic_write, escape_markdown
 from .data import ArrayDataset
-from .predict import MANIFEST, SCHEMA_VERSION, file_digest, load
+from .predict import MANIFEST, SCHEMA_VERSION, file_digest, load, read_manifest
 from .preprocess import Preprocessor, load_preprocessor
 from .report import list_runs, read_json
 
 # %% auto #0
-__all__ = ['MODEL_FILES', 'find_run', 'read_run', 'save_input_example', 'read_input_example', 'input_signature',
-           'bundle_manifest', 'model_card_markdown', 'model_card_html', 'export_run']
+__all__ = ['MODEL_FILES', 'VARIANT_FIELDS', 'find_run', 'read_run', 'save_input_example', 'read_input_example', 'input_signature',
+           'bundle_manifest', 'model_card_markdown', 'model_card_html', 'write_bundle', 'find_variant', 'export_run']
 
 # %% ../nbs/06a_export.ipynb #6441674c
 def find_run(
@@ -28,9 +28,9 @@ def find_run(
     path = Path(run)
     if path.is_dir(): return path
     if path.name == str(run) and (Path(reports_dir) / path.name).is_dir(): return Path(reports_dir) / path.name
-    raise UnknownNameError("run", str(run), [r["run_id"] for r in list_runs(reports_dir) if r.get("template") != "comparison"])
+    raise UnknownNameError("run", str(run), [r["run_id"] for r in list_runs(reports_dir) if r.get("template") not in ("comparison", "optimization")])
 
-MODEL_FILES = {"torch": "model.safetensors", "keras": "model.keras"}
+MODEL_FILES = {"torch": "model.safetensors", "keras": "model.keras", "onnx": "model.onnx"}
 
 def read_run(
     folder: Path,  # a run folder
@@ -98,10 +98,13 @@ def _packages(record: dict) -> dict:
     found = {**env, **{k: v for k, v in training.items() if v}}
     return {name: found[name] for name in names if name and found.get(name)}
 
-def bundle_manifest(folder: Path, record: dict, prep: Preprocessor, settings: dict, name: str, version: str) -> dict:
-    "The manifest of a bundle of the run `folder` (without its file digests)."
+VARIANT_FIELDS = ("name", "description", "optimization_run", "scorecard")  # what a bundle's manifest says of its variant
+
+def bundle_manifest(folder: Path, record: dict, prep: Preprocessor, settings: dict, name: str, version: str,
+                    variant: dict | None = None) -> dict:
+    "The manifest of a bundle of the run `folder`, or of its optimized `variant` (without its file digests)."
     training, evaluation = record.get("training") or {}, record.get("evaluation") or {}
-    return {"schema_version": SCHEMA_VERSION, "name": name, "version": version, "task": record["template"],
+    manifest = {"schema_version": SCHEMA_VERSION, "name": name, "version": version, "task": record["template"],
             "classes": record["data"]["classes"], "framework": training.get("framework", "torch"),
             "backend": training.get("backend"), "model": _model_spec(folder, record),
             "input": input_signature(prep), "preprocessing": settings, "recipe": training.get("recipe", {}),
@@ -110,6 +113,10 @@ def bundle_manifest(folder: Path, record: dict, prep: Preprocessor, settings: di
             "data_fingerprint": record["data"].get("fingerprint"), "source_run": record["run_id"],
             "report": str((folder / "report.html").resolve()), "git_commit": (record.get("environment") or {}).get("git_commit"),
             "packages": _packages(record)}
+    if variant:
+        manifest.update(framework=variant["framework"], backend=variant.get("backend"), model={**manifest["model"], **variant["model"]},
+                        variant={k: variant[k] for k in VARIANT_FIELDS if k in variant})
+    return manifest
 
 # %% ../nbs/06a_export.ipynb #72727052
 def _table(head: list, rows: list[list]) -> str:
@@ -134,6 +141,18 @@ def _limitations(record: dict, manifest: dict) -> list[str]:
     return notes
 
 # %% ../nbs/06a_export.ipynb #4ea5231b
+def _variant_section(manifest: dict) -> list[str]:
+    "What the card says of an optimized variant: how it was made and what its scorecard row measured."
+    variant = manifest.get("variant")
+    if not variant: return []
+    row, text = variant.get("scorecard") or {}, f"This is the `{escape_markdown(variant['name'])}` variant of the trained model: {escape_markdown(variant['description'])}."
+    if row.get("accuracy") is not None:
+        text += (f" On the same test split it scored accuracy {row['accuracy']:.4f} ({row['accuracy_change']:+.2f} points against the "
+                 f"model as trained) and agreed with the trained model on {row['agreement']:.2%} of the inputs; "
+                 f"{row['speedup']:.2f}× its throughput at batch 32, {row['size_mb']:.1f} MB on disk. ")
+    text += f"Measured by optimization run `{escape_markdown(variant.get('optimization_run', ''))}`. The metrics below are the trained model's."
+    return ["## Optimized variant", text]
+
 def model_card_markdown(manifest: dict, record: dict) -> str:
     "The model card: intended use, data, metrics, confusion matrix, calibration, limitations and provenance."
     from aiprod.evaluation import metrics_table
@@ -145,6 +164,7 @@ def model_card_markdown(manifest: dict, record: dict) -> str:
         f"A {escape_markdown(manifest['model']['architecture'])} ({escape_markdown(manifest['framework'])}) that sorts "
         f"{manifest['input']['kind']} inputs into {len(classes)} classes, exported from run `{escape_markdown(manifest['source_run'])}` "
         f"({escape_markdown(manifest['task'])}).",
+        *_variant_section(manifest),
         "## Intended use",
         f"Classify {escape_markdown(manifest['input']['accepts'])} like those of {escape_markdown(data_['name'])} "
         f"into: {', '.join(escape_markdown(c) for c in classes)}. Load it with `aiprod.predict.load` or `aiprod predict`.",
@@ -179,9 +199,10 @@ def model_card_html(markdown: str, title: str) -> str:
             f"</style></head><body>\n{body}</body></html>\n")
 
 # %% ../nbs/06a_export.ipynb #1fc6cd70
-def _copy_files(folder: Path, out: Path, record: dict, manifest: dict):
-    "Copy the weights, the preprocessing files, the input example and (BERT) the encoder's config into `out`."
-    shutil.copy2(folder / manifest["model"]["file"], out / manifest["model"]["file"])
+def _copy_files(folder: Path, out: Path, manifest: dict, variant: dict | None):
+    "Copy the weights (the variant's model file, for a variant), the preprocessing files, the input example and (BERT) the encoder's config into `out`."
+    model_file = Path(variant["path"]) if variant else folder / manifest["model"]["file"]
+    shutil.copy2(model_file, out / manifest["model"]["file"])
     shutil.copytree(folder / "preprocessing", out / "preprocessing")
     example = sorted(folder.glob("input_example.*"))[0]
     shutil.copy2(example, out / example.name)
@@ -191,26 +212,24 @@ def _copy_files(folder: Path, out: Path, record: dict, manifest: dict):
         (out / "bert").mkdir()
         shutil.copy2(Path(manifest["model"]["config"].get("path") or default_bert_path()) / "config.json", out / "bert" / "config.json")
 
-def export_run(
-    run: str | Path,                     # a run folder, or a run id under `reports_dir`
-    out: str | Path | None = None,       # the bundle folder to write; default bundles/NAME-VERSION
-    name: str | None = None,             # the model's name; default: data set and model, e.g. digits-cnn
-    version: str = "1",                  # the model's version
-    reports_dir: str | Path = "reports", # the folder of run folders
-    force: bool = False,                 # replace an existing bundle at `out`
+def write_bundle(
+    folder: Path,                 # a succeeded run folder
+    record: dict,                 # its record, from `read_run`
+    out: str | Path,              # the bundle folder to write
+    name: str,                    # the model's name
+    version: str = "1",           # the model's version
+    force: bool = False,          # replace an existing bundle at `out`
+    variant: dict | None = None,  # an optimized variant: framework, backend, model (file, ...), path of its model file, name, description
 ) -> Path:
-    "Write the bundle of a succeeded run; returns its folder."
-    folder = find_run(run, reports_dir)
-    record = read_run(folder)
-    name = name or f"{record['params'].get('dataset', 'data')}-{record['params'].get('model', 'model')}"
-    out = Path(out) if out else Path("bundles") / f"{name}-{version}"
+    "Write the bundle of the run `folder` (or of its `variant`) at `out`, checked on its input example; returns `out`."
+    out = Path(out)
     if out.exists() and not force: raise AiprodError(f"{out} exists: choose another --out, or --force to replace it")
     settings = record["preprocessing"]
     prep = load_preprocessor(settings, folder / "preprocessing")
-    manifest = bundle_manifest(folder, record, prep, settings, name, str(version))
+    manifest = bundle_manifest(folder, record, prep, settings, name, str(version), variant)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_folder(out) as tmp:
-        _copy_files(folder, tmp, record, manifest)
+        _copy_files(folder, tmp, manifest, variant)
         card = model_card_markdown(manifest, record)
         (tmp / "model_card.md").write_text(card, encoding="utf-8")
         (tmp / "model_card.html").write_text(model_card_html(card, f"Model card: {name} {version}"), encoding="utf-8")
@@ -218,3 +237,42 @@ def export_run(
         with atomic_write(tmp / MANIFEST) as f: json.dump(manifest, f, indent=2, default=str)
         load(tmp).predict(read_input_example(tmp / manifest["input"]["example"]))  # the bundle works, or nothing is written
     return out
+
+def find_variant(
+    folder: Path,                        # a model run, or an optimization run of one
+    name: str,                           # the variant's name, as in the optimization report's scorecard
+    reports_dir: str | Path = "reports", # the folder of run folders
+) -> tuple[Path, dict]:
+    "The source run's folder and the variant `name` of its latest optimization (or of the optimization run `folder`)."
+    record = read_json(folder / "metrics.json")
+    if record.get("template") != "optimization":
+        optimizations = [r for r in list_runs(folder.parent) if r.get("template") == "optimization" and r.get("status") == "SUCCEEDED"
+                         and Path(str(r["params"].get("run", ""))).name == folder.name]
+        if not optimizations: raise AiprodError(f"run {folder.name} has no optimization report: make one with `aiprod optimize {folder.name}`")
+        record = optimizations[0]
+    elif record.get("status") != "SUCCEEDED": raise AiprodError(f"optimization run {folder.name} is {record.get('status')}")
+    opt = folder.parent / record["run_id"]
+    rows = {row["variant"]: row for row in record["optimization"]["variants"]}
+    if name not in rows: raise UnknownNameError("variant", name, [v for v, row in rows.items() if not row.get("error")])
+    if rows[name].get("error"): raise AiprodError(f"variant {name!r} of {opt.name} could not be built: {rows[name]['error']}")
+    manifest = read_manifest(opt / "variants" / name)
+    variant = {**manifest["variant"], "framework": manifest["framework"], "backend": manifest.get("backend"), "model": manifest["model"],
+               "path": opt / "variants" / name / manifest["model"]["file"], "scorecard": rows[name]}
+    return opt.parent / record["optimization"]["source_run"], variant
+
+def export_run(
+    run: str | Path,                     # a run folder, or a run id under `reports_dir`
+    out: str | Path | None = None,       # the bundle folder to write; default bundles/NAME-VERSION
+    name: str | None = None,             # the model's name; default: data set and model, e.g. digits-cnn (and the variant)
+    version: str = "1",                  # the model's version
+    reports_dir: str | Path = "reports", # the folder of run folders
+    force: bool = False,                 # replace an existing bundle at `out`
+    variant: str | None = None,          # an optimized variant (see `aiprod optimize`) instead of the model as trained
+) -> Path:
+    "Write the bundle of a succeeded run, or of one of its optimized variants; returns its folder."
+    folder, chosen = find_run(run, reports_dir), None
+    if variant: folder, chosen = find_variant(folder, variant, reports_dir)
+    record = read_run(folder)
+    name = name or "-".join([record["params"].get("dataset", "data"), record["params"].get("model", "model"), *([variant] if variant else [])])
+    return write_bundle(folder, record, Path(out) if out else Path("bundles") / f"{name}-{version}", name, version, force, chosen)
+

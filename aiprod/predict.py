@@ -15,8 +15,8 @@ from .preprocess import InputError, Preprocessor, load_preprocessor
 
 # %% auto #0
 __all__ = ['SCHEMA_VERSION', 'MANIFEST', 'REQUIRED', 'runtimes', 'SUFFIXES', 'file_digest', 'bundle_file', 'read_manifest',
-           'torch_runtime', 'keras_runtime', 'softmax', 'Predictions', 'Batch', 'Predictor', 'load', 'gather_inputs',
-           'predict_files', 'write_predictions']
+           'dynamic_int8', 'torch_model', 'torch_runtime', 'keras_runtime', 'onnx_runtime', 'softmax', 'Predictions',
+           'Batch', 'Predictor', 'load', 'gather_inputs', 'predict_files', 'write_predictions']
 
 # %% ../nbs/06_predict.ipynb #3e0b2e06
 SCHEMA_VERSION = 1          # of bundle.json; a bundle of another version is refused
@@ -86,17 +86,36 @@ def _bert_model(folder: Path, spec: dict):
         def forward(self, input_ids, attention_mask): return self.bert(input_ids=input_ids, attention_mask=attention_mask).logits
     return BertClassifier()
 
-@runtimes.register("torch")
-def torch_runtime(folder: Path, manifest: dict) -> Callable:
-    "Forward of the torch network in `model.safetensors`, on the CPU, in inference mode."
-    import torch
+def dynamic_int8(
+    model,                # a torch module, in eval mode
+    modules: list[str],   # the torch.nn layer types to quantize: Linear, LSTM
+):
+    "`model` with the weights of its `modules` in int8 (per output channel for Linear), activations quantized on the fly."
+    import torch, warnings
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated for torchao, whose int8 path covers Linear only
+        warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
+        from torch.ao import quantization as q
+        spec = {getattr(torch.nn, m): q.per_channel_dynamic_qconfig if m == "Linear" else q.default_dynamic_qconfig for m in modules}
+        return q.quantize_dynamic(model, spec, dtype=torch.qint8)
+
+def torch_model(folder: Path, manifest: dict):
+    "The bundle's torch network with its weights, in eval mode, quantized when the manifest says so."
     from aiprod import models
     spec = manifest["model"]
     model = _bert_model(folder, spec) if spec["name"] == "bert" else models.build_model(spec["name"], **spec["config"])
     path = bundle_file(folder, spec["file"])
     try: model.load_state_dict(_state(path))
     except RuntimeError as e: raise AiprodError(f"{path}: its weights do not fit the {spec['name']} model the manifest describes ({e})") from e
-    model.eval()
+    quantization = spec.get("quantization")
+    if quantization and quantization.get("method") != "dynamic-int8":
+        raise AiprodError(f"{folder / MANIFEST}: unknown quantization {quantization.get('method')!r} (this aiprod knows dynamic-int8)")
+    return dynamic_int8(model.eval(), quantization["modules"]) if quantization else model.eval()
+
+@runtimes.register("torch")
+def torch_runtime(folder: Path, manifest: dict) -> Callable:
+    "Forward of the torch network in `model.safetensors`, on the CPU, in inference mode."
+    import torch
+    model = torch_model(folder, manifest)
     def forward(inputs: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
         with torch.inference_mode():
             out = model(**{k: torch.from_numpy(v) for k, v in inputs.items()}) if isinstance(inputs, dict) else model(torch.from_numpy(inputs))
@@ -122,6 +141,21 @@ def keras_runtime(folder: Path, manifest: dict) -> Callable:
     def forward(inputs: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(inputs.transpose(0, 2, 3, 1)) if inputs.ndim == 4 else inputs  # images channels-last
         return np.asarray(keras.ops.convert_to_numpy(model(x, training=False)), np.float32)
+    return forward
+
+@runtimes.register("onnx")
+def onnx_runtime(folder: Path, manifest: dict) -> Callable:
+    "Forward of the ONNX model in `model.onnx`, with ONNX Runtime on the CPU (threads: one per core)."
+    import onnxruntime as ort
+    path = bundle_file(folder, manifest["model"]["file"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    try: session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e: raise AiprodError(f"{path}: not a readable ONNX model ({e})") from e
+    names = [i.name for i in session.get_inputs()]
+    def forward(inputs: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        feed = {name: inputs[name] for name in names} if isinstance(inputs, dict) else {names[0]: inputs}
+        return np.asarray(session.run(None, feed)[0], np.float32)
     return forward
 
 # %% ../nbs/06_predict.ipynb #16f6c7f3

@@ -1,5 +1,5 @@
 """Shared fixtures: the `aiprod` command of this environment, one default run made once per session, headless Chromium."""
-import shutil, subprocess, sys
+import json, shutil, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,38 @@ def default_run(tmp_path_factory):
     run_dirs = [p for p in (workdir / "reports").iterdir() if p.is_dir()]
     assert len(run_dirs) == 1
     return workdir / "reports", run_dirs[0], done
+
+
+
+RUNS = {  # small runs of each model template
+    "image": ("image_classification",),
+    "text": ("text_classification", "-p", "limit", "300", "-p", "epochs", "1"),
+    "audio": ("audio_classification", "-p", "limit", "100", "-p", "epochs", "1"),
+    "keras": ("image_classification", "-p", "framework", "keras", "-p", "epochs", "1"),
+    "bert": ("text_classification", "-p", "model", "bert", "-p", "limit", "40", "-p", "epochs", "1", "-p", "max_length", "32"),
+}
+KERAS_RUNS = {  # the other Keras bundles, only exported and predicted (their model cards and errors are those of "keras")
+    "keras-text": ("text_classification", "-p", "framework", "keras", "-p", "limit", "300", "-p", "epochs", "1"),
+    "keras-audio": ("audio_classification", "-p", "framework", "keras", "-p", "limit", "100", "-p", "epochs", "1"),
+    "keras-tensorflow": ("image_classification", "-p", "framework", "keras", "-p", "backend", "tensorflow", "-p", "epochs", "1"),
+}
+
+
+@pytest.fixture(scope="session")
+def finished_runs(tmp_path_factory):
+    "Finished runs of `RUNS` and `KERAS_RUNS`, each trained on first use and kept for the session (test_export and test_optimize share them): kind → (run folder, record, raw test split)."
+    from aiprod import optimize
+    runs = {}
+    def finished(kind: str):
+        if kind not in runs:
+            workdir = tmp_path_factory.mktemp(kind)
+            done = run_cli("aiprod", "run", *{**RUNS, **KERAS_RUNS}[kind], "--quiet", cwd=workdir, timeout=600)
+            assert done.returncode == 0, done.stderr
+            [run_dir] = [p for p in (workdir / "reports").iterdir() if p.is_dir()]
+            record = json.loads((run_dir / "metrics.json").read_text())
+            runs[kind] = run_dir, record, optimize.run_splits(run_dir, record)["test"]
+        return runs[kind]
+    return finished
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -6,22 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aiprod import data, datasets, export, text
+from aiprod import datasets, export, optimize
 from aiprod.preprocess import load_preprocessor
-from conftest import run_cli
-
-RUNS = {  # small runs of each model template
-    "image": ("image_classification",),
-    "text": ("text_classification", "-p", "limit", "300", "-p", "epochs", "1"),
-    "audio": ("audio_classification", "-p", "limit", "100", "-p", "epochs", "1"),
-    "keras": ("image_classification", "-p", "framework", "keras", "-p", "epochs", "1"),
-    "bert": ("text_classification", "-p", "model", "bert", "-p", "limit", "40", "-p", "epochs", "1", "-p", "max_length", "32"),
-}
-KERAS_RUNS = {  # the other Keras bundles, only exported and predicted (their model cards and errors are those of "keras")
-    "keras-text": ("text_classification", "-p", "framework", "keras", "-p", "limit", "300", "-p", "epochs", "1"),
-    "keras-audio": ("audio_classification", "-p", "framework", "keras", "-p", "limit", "100", "-p", "epochs", "1"),
-    "keras-tensorflow": ("image_classification", "-p", "framework", "keras", "-p", "backend", "tensorflow", "-p", "epochs", "1"),
-}
+from conftest import KERAS_RUNS, RUNS, run_cli
 
 # Predicts in a fresh process; prints the Keras backend and the training, Keras and TensorFlow modules that loading imported.
 PREDICT = """
@@ -52,15 +39,6 @@ np.save(out, softmax(model.predict(keras_models.keras_inputs(np.load(inputs)), b
 """
 
 
-def raw_test_split(record: dict):
-    "The run's test split as it was loaded, before preprocessing: the splits the template made from its parameters."
-    params = record["params"]
-    loaded = datasets.load_dataset(params["dataset"], path=params.get("data_path", ""), **params.get("data_options", {}))
-    if params.get("clean"): loaded = data.map_splits(loaded, text.clean_texts)  # the text template cleans before splitting
-    splits = data.split_data(loaded, valid_pct=params["valid_pct"], test_pct=params["test_pct"], seed=params["seed"])
-    return data.limit_splits(splits, params["limit"], seed=params["seed"])["test"]
-
-
 def run_probabilities(run_dir: Path, record: dict, test, scratch: Path) -> np.ndarray:
     "The test probabilities as the run computed them: its preprocessor, its saved model, batches of 256."
     import torch
@@ -80,22 +58,6 @@ def run_probabilities(run_dir: Path, record: dict, test, scratch: Path) -> np.nd
             logits = model(**{k: torch.from_numpy(v) for k, v in x.items()}) if wordpiece else model(torch.from_numpy(x))
         probs.append(logits.softmax(1).numpy())
     return np.concatenate(probs)
-
-
-@pytest.fixture(scope="module")
-def finished_runs(tmp_path_factory):
-    "Finished runs, each trained on first use and kept for the module: kind → (run folder, record, raw test split)."
-    runs = {}
-    def finished(kind: str):
-        if kind not in runs:
-            workdir = tmp_path_factory.mktemp(kind)
-            done = run_cli("aiprod", "run", *{**RUNS, **KERAS_RUNS}[kind], "--quiet", cwd=workdir, timeout=600)
-            assert done.returncode == 0, done.stderr
-            [run_dir] = [p for p in (workdir / "reports").iterdir() if p.is_dir()]
-            record = json.loads((run_dir / "metrics.json").read_text())
-            runs[kind] = run_dir, record, raw_test_split(record)
-        return runs[kind]
-    return finished
 
 
 @pytest.fixture(scope="module", params=sorted(RUNS))
@@ -192,7 +154,7 @@ def digits_bundle(tmp_path_factory):
     done = run_cli("aiprod", "run", "--quiet", "-p", "epochs", "2", cwd=workdir)
     assert done.returncode == 0, done.stderr
     [run_dir] = [p for p in (workdir / "reports").iterdir() if p.is_dir()]
-    test = raw_test_split(json.loads((run_dir / "metrics.json").read_text()))
+    test = optimize.run_splits(run_dir, json.loads((run_dir / "metrics.json").read_text()))["test"]
     return export.export_run(run_dir, workdir / "bundle"), test
 
 
