@@ -48,6 +48,7 @@ bench: setup
 	$(BIN)/python bench/keras_throughput.py
 	$(BIN)/python bench/batch_throughput.py
 	$(BIN)/python bench/predict.py
+	$(BIN)/python bench/optimization.py
 
 # every model template on its full data set against its quality target (about 40 minutes on 2 CPUs)
 quality: setup
