@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_batch.ipynb #56e212c1
 from __future__ import annotations
-import contextlib, hashlib, itertools, json, os, signal, subprocess, sys, tempfile, threading, time
+import contextlib, hashlib, importlib.resources, itertools, json, os, signal, subprocess, sys, tempfile, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -18,10 +18,11 @@ from .report import (PARTIAL_NOTEBOOK, RunPlan, find_template, finish_run, lates
                            write_index)
 
 # %% auto #0
-__all__ = ['SWEEP_KEYS', 'CHILD', 'THREAD_VARIABLES', 'key_lines', 'duplicate_key', 'SweepFile', 'read_sweep_file',
-           'parameter_sets', 'Sweep', 'load_sweep', 'latest_by_key', 'select_runs', 'child_main', 'kill_all',
-           'run_environment', 'run_processes', 'supervise', 'Progress', 'Execution', 'run_locally', 'run_on_dask',
-           'stop_on_signals', 'follow', 'compare_runs', 'SweepResult', 'run_sweep', 'summary_table']
+__all__ = ['SWEEP_KEYS', 'SWEEPS_DIR', 'CHILD', 'THREAD_VARIABLES', 'key_lines', 'duplicate_key', 'SweepFile', 'read_sweep_file',
+           'sweep_names', 'find_sweep', 'parameter_sets', 'Sweep', 'load_sweep', 'latest_by_key', 'select_runs',
+           'child_main', 'kill_all', 'run_environment', 'run_processes', 'supervise', 'Progress', 'Execution',
+           'run_locally', 'run_on_dask', 'stop_on_signals', 'follow', 'compare_runs', 'SweepResult', 'run_sweep',
+           'summary_table']
 
 # %% ../nbs/08_batch.ipynb #96e25e20
 SWEEP_KEYS = ("templates", "title", "params", "grid", "runs", "comparison")
@@ -74,6 +75,22 @@ def read_sweep_file(path: str | Path) -> SweepFile:
     if duplicate := duplicate_key(node): raise AiprodError(f"{path} line {duplicate[1]} ({duplicate[0]}): duplicate key")
     return SweepFile(path, values, key_lines(node))
 
+# %% ../nbs/08_batch.ipynb #81bcc2ce
+SWEEPS_DIR = Path(str(importlib.resources.files("aiprod"))) / "sweeps"
+
+def sweep_names() -> list[str]:
+    "Names of the example sweeps shipped with aiprod."
+    return sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
+
+def find_sweep(name: str | Path) -> Path:
+    "The sweep file at `name`, else the shipped sweep called `name`; an error listing the shipped ones when neither exists."
+    path = Path(name)
+    if path.exists(): return path
+    if path.suffix or len(path.parts) > 1:
+        raise AiprodError(f"no sweep file {path}; shipped sweeps, run by name: {', '.join(sweep_names()) or '(none)'}")
+    if path.name not in sweep_names(): raise UnknownNameError("sweep", path.name, sweep_names())
+    return SWEEPS_DIR / f"{path.name}.yaml"
+
 # %% ../nbs/08_batch.ipynb #456faa9e
 def _check_shape(f: SweepFile):
     "Raise at the first key of `f` that is unknown or has the wrong shape."
@@ -124,8 +141,8 @@ def _plan(f: SweepFile, template: str, i: int, values: dict[str, tuple]) -> RunP
     except ParameterError as e: raise f.error(str(e), *values.get(e.parameter, (None, ()))[1]) from e
 
 def load_sweep(path: str | Path) -> Sweep:
-    "Read and check a sweep file and plan every run, before anything runs."
-    f = read_sweep_file(path)
+    "Read and check a sweep file (or a shipped sweep, by name) and plan every run, before anything runs."
+    f = read_sweep_file(find_sweep(path))
     _check_shape(f)
     templates = f.values["templates"] if isinstance(f.values["templates"], list) else [f.values["templates"]]
     plans = [_plan(f, t, i, values) for i, t in enumerate(templates) for values in parameter_sets(f.values)]

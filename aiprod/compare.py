@@ -18,11 +18,12 @@ from .core import ParameterError, escape_markdown
 from .report import format_metric, list_runs, read_json
 
 # %% auto #0
-__all__ = ['HIGHER_IS_BETTER', 'LOWER_IS_BETTER', 'LINE_STYLES', 'LEGEND_RUNS', 'LOG_SCALE_PARAMS', 'TABLE_CSS', 'TABLE_SCRIPT',
-           'read_history', 'load_run', 'load_runs', 'run_ids_in', 'varying_params', 'show_value', 'run_label',
-           'higher_is_better', 'succeeded', 'metric_value', 'metric_names', 'choose_metric', 'best_run', 'seed_groups',
-           'mean_std_text', 'seed_table_markdown', 'plot_learning_curves', 'log_axis', 'plot_metric_vs_param',
-           'runs_table_html', 'summary_markdown', 'links_markdown', 'comparison_record']
+__all__ = ['HIGHER_IS_BETTER', 'LOWER_IS_BETTER', 'GAP_LABEL', 'LINE_STYLES', 'LEGEND_RUNS', 'LOG_SCALE_PARAMS', 'TABLE_CSS',
+           'TABLE_SCRIPT', 'read_history', 'load_run', 'load_runs', 'run_ids_in', 'varying_params', 'show_value',
+           'run_label', 'higher_is_better', 'succeeded', 'metric_value', 'metric_names', 'choose_metric', 'best_run',
+           'best_epoch_row', 'loss_gap', 'seed_groups', 'mean_std_text', 'seed_table_markdown', 'plot_learning_curves',
+           'log_axis', 'plot_metric_vs_param', 'plot_gap_vs_param', 'runs_table_html', 'summary_markdown',
+           'links_markdown', 'comparison_record']
 
 # %% ../nbs/07_compare.ipynb #97c5a872
 def _parse_field(text: str) -> Any:
@@ -105,11 +106,14 @@ def succeeded(runs: list[dict]) -> list[dict]:
     "The runs whose status is SUCCEEDED."
     return [run for run in runs if run["status"] == "SUCCEEDED"]
 
-def metric_value(run: dict, metric: str) -> float | None:
-    "The run's finite number for `metric`, else `None`."
-    value = run["metrics"].get(metric)
+def _finite(value) -> float | None:
+    "`value` when it is a finite number (not a bool), else `None`."
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     return value if ok else None
+
+def metric_value(run: dict, metric: str) -> float | None:
+    "The run's finite number for `metric`, else `None`."
+    return _finite(run["metrics"].get(metric))
 
 def metric_names(runs: list[dict]) -> list[str]:
     "The numeric key metrics of the succeeded runs, in the order they were recorded."
@@ -133,6 +137,22 @@ def best_run(runs: list[dict], metric: str) -> dict | None:
     pick = max if higher_is_better(metric) else min
     return pick(scored, key=lambda run: metric_value(run, metric))
 
+# %% ../nbs/07_compare.ipynb #25101c88
+GAP_LABEL = "gap (valid − train loss)"  # the gap's name in tables and plots
+
+def best_epoch_row(run: dict) -> dict | None:
+    "The `history.csv` row of the run's best epoch: the one its record names, else the lowest validation loss."
+    rows = [row for row in run.get("history") or [] if _finite(row.get("valid_loss")) is not None]
+    named = [row for row in rows if row.get("epoch") == (run.get("training") or {}).get("best_epoch")]
+    return named[0] if named else min(rows, key=lambda row: row["valid_loss"], default=None)
+
+def loss_gap(run: dict) -> dict | None:
+    "Validation minus training loss at the run's best epoch, with the epoch and both losses; `None` without them."
+    row = best_epoch_row(run)
+    if row is None or _finite(row.get("train_loss")) is None: return None
+    return {"epoch": row.get("epoch"), "train_loss": row["train_loss"], "valid_loss": row["valid_loss"],
+            "gap": row["valid_loss"] - row["train_loss"]}
+
 # %% ../nbs/07_compare.ipynb #d3b741c5
 def _mean_std(values: list[float]) -> dict | None:
     "Mean, sample standard deviation (`None` for one value) and count of the values that are numbers."
@@ -144,13 +164,14 @@ def seed_groups(runs: list[dict], # the runs; only succeeded ones are grouped
                 varying: list[str], # the varying parameters (from `varying_params`)
                 seed: str = "seed", # the parameter whose values are repeats of the same setting
                ) -> list[dict]:
-    "Succeeded runs grouped by every varying parameter but `seed`, with each metric's mean and std across the group."
+    "Succeeded runs grouped by every varying parameter but `seed`, with the mean and std of each metric and of the gap."
     groups: dict[str, tuple[dict, list]] = {}
     for run in succeeded(runs):
         setting = {n: run["params"].get(n) for n in varying if n != seed}
         groups.setdefault(_same(setting), (setting, []))[1].append(run)
     return [{"params": setting, "runs": [r["run_id"] for r in members], "seeds": [r["params"].get(seed) for r in members],
-             "metrics": {m: _mean_std([metric_value(r, m) for r in members]) for m in metric_names(members)}}
+             "metrics": {m: _mean_std([metric_value(r, m) for r in members]) for m in metric_names(members)},
+             "loss_gap": _mean_std([gap and gap["gap"] for gap in map(loss_gap, members)])}
             for setting, members in groups.values()]
 
 # %% ../nbs/07_compare.ipynb #5be7e836
@@ -162,12 +183,13 @@ def mean_std_text(stats: dict | None) -> str:
 def seed_table_markdown(groups: list[dict], # from `seed_groups`
                         metrics: list[str], # the metrics to show, as columns
                        ) -> str:
-    "A Markdown table: one row per setting with its seeds and `mean ± std` of each metric."
-    names = [escape_markdown(m.replace("_", " ")) for m in metrics]
-    rows = [f"| setting | seeds | {' | '.join(names)} |", "|---|---|" + "---:|" * len(metrics)]
+    "A Markdown table: one row per setting with its seeds and `mean ± std` of each metric, and of the gap when there is one."
+    gap = any(group.get("loss_gap") for group in groups)
+    names = [escape_markdown(m.replace("_", " ")) for m in metrics] + [GAP_LABEL] * gap
+    rows = [f"| setting | seeds | {' | '.join(names)} |", "|---|---|" + "---:|" * len(names)]
     for group in groups:
         setting = ", ".join(f"{n}={show_value(v)}" for n, v in group["params"].items()) or "all runs"
-        cells = [mean_std_text(group["metrics"].get(m)) for m in metrics]
+        cells = [mean_std_text(group["metrics"].get(m)) for m in metrics] + [mean_std_text(group.get("loss_gap"))] * gap
         seeds = ", ".join(map(show_value, group["seeds"]))
         rows.append(f"| {escape_markdown(setting)} | {escape_markdown(seeds)} | {' | '.join(cells)} |")
     return "\n".join(rows)
@@ -230,25 +252,55 @@ def log_axis(name: str, values: list) -> bool:
     if not values or min(values) <= 0: return False
     return name in LOG_SCALE_PARAMS or name.endswith("_lr") or max(values) / min(values) >= 100
 
+def _param_axis(axis, name: str, values: list) -> tuple[list, bool]:
+    "Scale and ticks of `axis` for parameter `name`'s `values`; their x positions, and whether they are numbers."
+    numeric = all(_is_number(x) for x in values)
+    categories = [] if numeric else list(dict.fromkeys(map(show_value, values)))
+    xs = values if numeric else [categories.index(show_value(x)) for x in values]
+    if numeric and log_axis(name, xs): axis.set_xscale("log")
+    elif numeric and all(isinstance(x, int) for x in xs): axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if not numeric: axis.set_xticks(range(len(categories)), categories)
+    return xs, numeric
+
+def _points_and_means(axis, xs: list, ys: list, numeric: bool, label: str = "", colour: str | None = None):
+    "One point per run and the mean at each x (joined by a line when x is a number)."
+    axis.scatter(xs, ys, alpha=0.6, color=colour, label=f"{label}: one run" if label else "one run")
+    means = {x: statistics.fmean(y for x2, y in zip(xs, ys) if x2 == x) for x in sorted(set(xs))}
+    axis.plot(list(means), list(means.values()), color=colour or "black", marker="_", markersize=20,
+              linestyle="-" if numeric else "none", label=f"{label}: mean" if label else "mean")
+
 def plot_metric_vs_param(runs: list[dict], # the runs; only succeeded ones with the metric are drawn
                          metric: str, # the metric on the y axis
                          name: str, # the parameter on the x axis
                         ) -> Figure:
     "`metric` of each succeeded run against parameter `name`: one point per run and the mean at each value."
     points = [(run["params"].get(name), metric_value(run, metric)) for run in succeeded(runs) if metric_value(run, metric) is not None]
-    numeric = all(_is_number(x) for x, _ in points)
-    categories = [] if numeric else list(dict.fromkeys(show_value(x) for x, _ in points))
-    xs = [x if numeric else categories.index(show_value(x)) for x, _ in points]
     fig, axis = plt.subplots(figsize=(5.5, 3.5))
-    axis.scatter(xs, [y for _, y in points], alpha=0.6, label="one run")
-    means = {x: statistics.fmean(y for x2, (_, y) in zip(xs, points) if x2 == x) for x in sorted(set(xs))}
-    axis.plot(list(means), list(means.values()), color="black", marker="_", markersize=20, linestyle="-" if numeric else "none", label="mean")
-    if numeric and log_axis(name, xs): axis.set_xscale("log")
-    elif numeric and all(isinstance(x, int) for x in xs): axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if not numeric: axis.set_xticks(range(len(categories)), categories)
+    xs, numeric = _param_axis(axis, name, [x for x, _ in points])
+    _points_and_means(axis, xs, [y for _, y in points], numeric)
     better = "higher" if higher_is_better(metric) else "lower"
     axis.set(title=f"{metric.replace('_', ' ')} by {name}", xlabel=name, ylabel=f"{metric.replace('_', ' ')} ({better} is better)")
     axis.legend(fontsize="small")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+# %% ../nbs/07_compare.ipynb #1c3b667d
+def plot_gap_vs_param(runs: list[dict], # the runs; only succeeded ones with a gap are drawn
+                      name: str, # the parameter on the x axis
+                     ) -> Figure:
+    "Training and validation loss at the best epoch (left) and their gap (right) of each succeeded run against parameter `name`."
+    points = [(run["params"].get(name), gap) for run in succeeded(runs) if (gap := loss_gap(run))]
+    fig, (losses, gaps) = plt.subplots(1, 2, figsize=(11, 3.5))
+    xs, numeric = _param_axis(losses, name, [x for x, _ in points])
+    _param_axis(gaps, name, [x for x, _ in points])
+    _points_and_means(losses, xs, [g["train_loss"] for _, g in points], numeric, "training", "C0")
+    _points_and_means(losses, xs, [g["valid_loss"] for _, g in points], numeric, "validation", "C1")
+    _points_and_means(gaps, xs, [g["gap"] for _, g in points], numeric)
+    gaps.axhline(0, color="grey", linewidth=0.8, linestyle=":")
+    losses.set(title=f"Loss at the best epoch by {name}", xlabel=name, ylabel="loss")
+    gaps.set(title=f"Gap by {name}", xlabel=name, ylabel=GAP_LABEL)
+    for axis in (losses, gaps): axis.legend(fontsize="small")
     fig.tight_layout()
     plt.close(fig)
     return fig
@@ -303,7 +355,7 @@ def _cell(text: str, value: Any = None, number: bool = False) -> str:
     css = ' class="number"' if number else ""
     return f'<td{css} data-value="{html.escape(sort)}">{text}</td>'
 
-def _run_row(run: dict, columns: list[str], metrics: list[str], best_id: str | None, link_base: str) -> str:
+def _run_row(run: dict, columns: list[str], metrics: list[str], best_id: str | None, link_base: str, gap: bool) -> str:
     "One `<tr>` of the runs table."
     run_id, status = run["run_id"], run["status"]
     link = f'<a href="{html.escape(_report_url(link_base, run_id))}">{html.escape(run_id)}</a>'
@@ -312,6 +364,7 @@ def _run_row(run: dict, columns: list[str], metrics: list[str], best_id: str | N
              *[_cell(html.escape(show_value(run["params"].get(n)) if n != "template" else run.get("template", "")),
                      run["params"].get(n) if n != "template" else run.get("template", ""), _is_number(run["params"].get(n))) for n in columns],
              *[_cell(format_metric(v) if (v := metric_value(run, m)) is not None else "", v, True) for m in metrics],
+             *[_cell(format_metric(g["gap"]) if (g := loss_gap(run)) else "", g and g["gap"], True)] * gap,
              _cell(f"{s:.1f}" if (s := run.get("timings", {}).get("execute_s")) is not None else "", s, True)]
     best = ' class="aiprod-best"' if run_id == best_id else ""
     return f'<tr{best} data-run="{html.escape(run_id)}">{"".join(cells)}</tr>'
@@ -321,12 +374,13 @@ def runs_table_html(runs: list[dict], # the runs, in the order the table starts 
                     best: dict | None = None, # the run to highlight
                     link_base: str = "..", # the reports folder, relative to the page that shows the table
                    ) -> str:
-    "A sortable HTML table of the runs: report link, status, varying parameters, key metrics and duration."
+    "A sortable HTML table of the runs: report link, status, varying parameters, key metrics, gap and duration."
     metrics = list(dict.fromkeys(m for run in runs for m in run["metrics"] if metric_value(run, m) is not None))
     columns = (["template"] if len({run.get("template") for run in runs}) > 1 else []) + varying
-    names = ["run", "status", *columns, *(m.replace("_", " ") for m in metrics), "duration (s)"]
+    gap = any(map(loss_gap, runs))
+    names = ["run", "status", *columns, *(m.replace("_", " ") for m in metrics), *[GAP_LABEL] * gap, "duration (s)"]
     head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
-    body = "".join(_run_row(run, columns, metrics, best and best["run_id"], link_base) for run in runs)
+    body = "".join(_run_row(run, columns, metrics, best and best["run_id"], link_base, gap) for run in runs)
     return (f"<style>{TABLE_CSS}</style><div class=\"aiprod-runs-scroll\"><table class=\"aiprod-runs\"><thead><tr>{head}</tr></thead>"
             f"<tbody>{body}</tbody></table></div>"
             f"<script>{TABLE_SCRIPT}</script>")
@@ -375,5 +429,6 @@ def comparison_record(runs: list[dict], varying: list[str], metric: str, best: d
     details = {"metric": metric, "higher_is_better": higher_is_better(metric) if metric else None,
                "best_run": best and best["run_id"], "varying": varying, "seed_groups": groups,
                "runs": [{"run_id": r["run_id"], "template": r.get("template"), "status": r["status"],
-                         "params": {n: r["params"].get(n) for n in varying}, "metrics": r["metrics"]} for r in runs]}
+                         "params": {n: r["params"].get(n) for n in varying}, "metrics": r["metrics"], "loss_gap": loss_gap(r)}
+                        for r in runs]}
     return {"metrics": metrics, "comparison": details}

@@ -1,11 +1,13 @@
 """`aiprod batch` and `aiprod compare` end to end: real sweeps of tiny runs, each in its own process and kernel, on two
 local workers or a real Dask LocalCluster; failures, timeouts, dead kernels and Ctrl-C; skipping and retrying."""
-import os, signal, subprocess, time
+import json, os, signal, statistics, subprocess, time
 from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
+from aiprod.batch import load_sweep
 from aiprod.report import list_runs
 from conftest import BIN, run_cli
 
@@ -196,3 +198,52 @@ def test_compare_any_runs(tmp_path):
     made = [r for r in records(tmp_path / "reports", "comparison") if r["params"]["title"] == "by hand"]
     assert len(made) == 1 and made[0]["metrics"]["runs"] == 2 and made[0]["sweep"] is None
     assert f"comparison report: reports/{made[0]['run_id']}/report.html  (SUCCEEDED)" in done.stdout
+
+
+def _fake_done_run(reports: Path, i: int, plan, sweep_id: str) -> float:
+    "A finished run of `plan` as `aiprod run` leaves it, with a two-epoch history whose gap shrinks with wd and dropout."
+    gap = 0.3 - 0.1 * (plan.params["wd"] > 0) - 0.1 * (plan.params["dropout"] > 0) + 0.01 * plan.params["seed"]
+    folder = reports / f"20260101-0000{i:02d}-text_classification-fake{i:02d}"
+    folder.mkdir(parents=True)
+    (folder / "params.yaml").write_text(yaml.safe_dump(plan.params))
+    (folder / "history.csv").write_text(f"epoch,train_loss,valid_loss,valid_accuracy\n1,0.7,0.7,0.5\n2,{0.6 - gap!r},0.6,0.7\n")
+    (folder / "metrics.json").write_text(json.dumps({
+        "run_id": folder.name, "run_key": plan.run_key, "status": "SUCCEEDED", "template": plan.name, "role": "run",
+        "sweep": sweep_id, "params": plan.params, "metrics": {"test_accuracy": 0.7, "best_epoch": 2}, "training": {"best_epoch": 2}}))
+    return gap
+
+
+def test_shipped_sweep_runs_by_name(tmp_path):
+    "`aiprod batch regularisation` finds the shipped sweep; its runs already done (faked), it only makes the comparison."
+    sweep = load_sweep("regularisation")
+    gaps = {f"20260101-0000{i:02d}-text_classification-fake{i:02d}": _fake_done_run(tmp_path / "reports", i, plan, sweep.id)
+            for i, plan in enumerate(sweep.plans)}
+    done = run_cli("aiprod", "batch", "regularisation", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"sweep {sweep.id}" in done.stdout and done.stdout.count("SUCCEEDED (earlier)") == len(sweep.plans)
+    [comparison] = records(tmp_path / "reports", "comparison")
+    assert comparison["status"] == "SUCCEEDED" and sorted(comparison["params"]["runs"]) == sorted(gaps)
+    saved = comparison["comparison"]
+    assert {e["run_id"]: round(e["loss_gap"]["gap"], 9) for e in saved["runs"]} == {i: round(g, 9) for i, g in gaps.items()}
+    for group in saved["seed_groups"]:  # the gap's mean over each setting's seeds
+        assert group["loss_gap"]["mean"] == pytest.approx(statistics.fmean(gaps[i] for i in group["runs"]), abs=1e-9)
+        assert group["loss_gap"]["n"] == len(group["seeds"]) > 1
+    page = (tmp_path / "reports" / comparison["run_id"] / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 5  # test accuracy and gap by wd and by dropout, learning curves
+
+
+@pytest.mark.parametrize("name, message", [
+    ("regularization", "unknown sweep 'regularization'; known sweeps: regularisation"),
+    ("nowhere/sweep.yaml", "no sweep file nowhere/sweep.yaml; shipped sweeps, run by name: regularisation"),
+])
+def test_unknown_sweep_name_lists_the_shipped_ones(tmp_path, name, message):
+    done = run_cli("aiprod", "batch", name, cwd=tmp_path)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "reports").exists()
+
+
+def test_a_file_of_that_name_wins_over_the_shipped_sweep(tmp_path):
+    sweep_file(tmp_path, "grid:\n  x: [1]\n").rename(tmp_path / "regularisation")
+    done = run_cli("aiprod", "batch", "regularisation", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert [r["params"]["x"] for r in records(tmp_path / "reports")] == [1]

@@ -1,5 +1,5 @@
 """Comparison reports on real runs: two learning rates × two seeds of a tiny image run, plus one run that fails."""
-import json, re, statistics, subprocess
+import csv, json, re, statistics, subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -88,7 +88,40 @@ def test_plots_are_embedded_pngs(sweep):
     _, _, comparison_dir = sweep
     page = (comparison_dir / "report.html").read_text()
     sources = re.findall(r'<img [^>]*src="([^"]{0,40})', page)
-    assert len(sources) >= 2 and all(s.startswith("data:image/png;base64,") for s in sources), sources  # lr plot, curves
+    assert len(sources) >= 3 and all(s.startswith("data:image/png;base64,") for s in sources), sources  # lr plot, gap plot, curves
+
+
+def _gap_from_history(reports, run_id, record):
+    "Validation minus training loss at the run's best epoch, read straight from its history.csv."
+    with open(reports / run_id / "history.csv") as f:
+        row = next(r for r in csv.DictReader(f) if int(r["epoch"]) == record["training"]["best_epoch"])
+    return float(row["valid_loss"]) - float(row["train_loss"])
+
+
+def test_gap_column_record_and_plot_match_the_histories(sweep):
+    "Each run's train–validation gap at its best epoch: in metrics.json, in a sortable column, averaged over seeds, plotted."
+    reports, records, comparison_dir = sweep
+    saved = json.loads((comparison_dir / "metrics.json").read_text())["comparison"]
+    page = (comparison_dir / "report.html").read_text()
+    gaps = {run_id: _gap_from_history(reports, run_id, r) for run_id, r in _succeeded(records).items()}
+    entries = {entry["run_id"]: entry["loss_gap"] for entry in saved["runs"]}
+    for run_id, gap in gaps.items():
+        assert entries[run_id]["gap"] == pytest.approx(gap, abs=1e-12)
+        assert entries[run_id]["epoch"] == records[run_id]["training"]["best_epoch"]
+    failed = next(i for i, r in records.items() if r["status"] == "FAILED")
+    assert entries[failed] is None
+    rows = dict(re.findall(r'<tr(?: class="aiprod-best")? data-run="([^"]+)">(.*?)</tr>', page))
+    head = re.search(r"<thead><tr>(.*?)</tr></thead>", page).group(1)
+    column = re.findall(r"<th>(.*?)</th>", head).index("gap (valid − train loss)")
+    for run_id, gap in gaps.items():
+        cell = re.findall(r"<td[^>]*>.*?</td>", rows[run_id])[column]
+        assert f'data-value="{entries[run_id]["gap"]!r}">{entries[run_id]["gap"]:.4g}</td>' in cell, cell
+    for group in saved["seed_groups"]:
+        values = [gaps[i] for i in group["runs"]]
+        assert group["loss_gap"]["mean"] == pytest.approx(statistics.fmean(values), abs=1e-12)
+        assert group["loss_gap"]["std"] == pytest.approx(statistics.stdev(values), abs=1e-12)
+    assert "Train–validation gap" in page and "<strong>with dropout on</strong>" in page
+    assert page.count(">gap (valid − train loss)</th>") == 2  # the runs table and the seed table
 
 
 def test_template_runs_under_plain_papermill(sweep, tmp_path):
@@ -137,5 +170,8 @@ def test_table_sorts_in_the_browser_offline(sweep, browser):
     page.locator("table.aiprod-runs th", has_text="lr").first.click()
     assert [float(v) for v in column("lr") if v] == sorted(float(r["params"].get("lr", 0)) for r in _succeeded(records).values())
     assert page.locator("table.aiprod-runs th", has_text="lr").first.get_attribute("aria-sort") == "ascending"
+    page.locator("table.aiprod-runs th", has_text="gap (valid").click()
+    gaps = [float(v) for v in column("gap (valid − train loss)") if v]
+    assert gaps == sorted(gaps) and len(gaps) == 4
     assert all(url.startswith(("file:", "data:")) for url in requests), requests  # no server, no CDN
     page.close()
