@@ -29,7 +29,7 @@ setup(
     ],
     python_requires=f">={cfg['min_python']}",
     packages=find_packages(include=["aiprod", "aiprod.*"]),
-    package_data={"aiprod": ["templates/*.ipynb"]},
+    package_data={"aiprod": ["templates/*.ipynb", "sweeps/*.yaml"]},
     include_package_data=True,
     install_requires=cfg["requirements"].split(),
     extras_require={"dev": cfg["dev_requirements"].split()},

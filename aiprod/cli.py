@@ -62,7 +62,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--reports-dir", default="reports", help="folder of run folders and index.html (default: reports)")
     run.add_argument("--quiet", action="store_true", help="no per-cell progress bar and no training progress lines")
     batch = commands.add_parser("batch", help="run a sweep (sweep.yaml) of runs, in parallel, then its comparison report")
-    batch.add_argument("sweep", help="the sweep file: templates, params, grid and/or runs (see the batch module)")
+    batch.add_argument("sweep", help="the sweep file (templates, params, grid and/or runs: see the batch module), or the name of "
+                       "a sweep shipped with aiprod: regularisation")
     where = batch.add_mutually_exclusive_group()
     where.add_argument("--workers", type=above_zero(int), default=1, help="runs at a time on this machine (default: 1)")
     where.add_argument("--dask", metavar="ADDRESS", help="run on this Dask scheduler (tcp://host:8786); "
