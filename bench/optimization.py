@@ -5,7 +5,8 @@ MNIST) it trains the run with the real CLI (`aiprod run`, unless `--keep DIR` al
 optimization report (`aiprod optimize`), which measures every variant and the fp32 baseline side by side in one
 process, with the same thread count: throughput at batch 32 (median of 5 passes after a warm-up), latency at batch 1,
 accuracy on the run's own test split, size on disk. It prints one table: each variant's figures and its ratio to the
-fp32 baseline, then each goal with the best variant that meets it.
+fp32 baseline, then each goal with the best variant that meets it, then the BERT bundles on batches of texts of
+exactly 64 tokens (the setting of the figures quoted in issue 11), for comparison.
 
 Goals (issue 11): SST-2 BERT, best int8 variant >= 3x the baseline's throughput at <= 1 point lost and <= 30% of the
 size; SST-2 LSTM >= 1.5x at <= 1 point; MNIST CNN >= 1.3x at <= 0.3 points. Training takes about 12 minutes and the
@@ -50,13 +51,13 @@ def trained_run(args: tuple, folder: Path) -> Path:
     return cli("run", *args, cwd=folder)
 
 
-def rows_of(key: str, folder: Path) -> tuple[list[dict], dict]:
-    "The scorecard rows and CPU of a fresh optimization report of the run `key`."
+def rows_of(key: str, folder: Path) -> tuple[list[dict], dict, Path]:
+    "The scorecard rows, the CPU and the folder of a fresh optimization report of the run `key`."
     _, args, variants, *_ = RUNS[key]
     run_dir = trained_run(args, folder)
     opt = cli("optimize", run_dir.name, "-p", "variants", json.dumps(variants), cwd=folder)
     record = json.loads((opt / "metrics.json").read_text())
-    return record["optimization"]["variants"], record["optimization"]["cpu"]
+    return record["optimization"]["variants"], record["optimization"]["cpu"], opt
 
 
 def table(results: dict[str, list[dict]]) -> str:
@@ -86,6 +87,18 @@ def goals(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def fixed_length(opt: Path) -> str:
+    "The BERT bundles on batches of 32 texts of exactly 64 tokens, as issue 11's figures were measured, in this process."
+    import numpy as np
+    from aiprod import optimize
+    from aiprod.predict import load
+    rng = np.random.default_rng(0)
+    batches = [{"input_ids": rng.integers(1000, 20000, (32, 64)), "attention_mask": np.ones((32, 64), np.int64)} for _ in range(8)]
+    rates = {name: optimize.throughput(load(opt / "variants" / name).forward, batches, 5) for name in ("fp32", "torch-int8", "onnx-int8")}
+    return "\n".join(["| BERT at 64 tokens, batch 32 | inputs/s | vs fp32 |", "|---|---:|---:|",
+                      *(f"| {name} | {rate:,.0f} | {rate / rates['fp32']:.2f}x |" for name, rate in rates.items())])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--keep", type=Path, help="keep the runs in this folder, and reuse the trained runs found there")
@@ -93,12 +106,13 @@ def main():
     args = parser.parse_args()
     if "AIPROD_DATA_DIR" not in os.environ and SHARED_DATA.is_dir(): os.environ["AIPROD_DATA_DIR"] = str(SHARED_DATA)
     root = args.keep or Path(tempfile.mkdtemp(prefix="aiprod-bench-optimization-"))
-    results, cpu = {}, {}
+    results, cpu, opts = {}, {}, {}
     for key in args.only:
-        results[key], cpu = rows_of(key, root / key)
+        results[key], cpu, opts[key] = rows_of(key, root / key)
         print(f"{RUNS[key][0]}: measured", file=sys.stderr)
     print(f"{cpu['processor']}, {cpu['cores']} cores, {cpu['threads']} threads; int8 instructions: {', '.join(cpu['int8_instructions'])}\n")
     print(table(results) + "\n\n" + goals(results))
+    if "bert" in opts: print("\n" + fixed_length(opts["bert"]))
 
 
 if __name__ == "__main__":
