@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 import yaml
-from .core import AiprodError, RunFailed
+from .core import AiprodError, RunFailed, UnknownNameError
 from .export import export_run, find_run, read_run
 from .predict import load, predict_files, write_predictions
 from .batch import compare_runs, run_sweep, summary_table
@@ -197,9 +197,14 @@ def export_command(args) -> int:
     return 0
 
 def optimize_command(args) -> int:
-    "`aiprod optimize`: check that the run can be exported, then make its optimization report."
-    read_run(find_run(args.run, args.reports_dir))
+    "`aiprod optimize`: check the run and the variants asked for, then make the run's optimization report."
+    from aiprod.optimize import variant_plan  # torch and ONNX: imported only by this command
+    record = read_run(find_run(args.run, args.reports_dir))
     plan = plan_run("optimization", {**dict(args.parameter), "run": Path(args.run).name})
+    known = variant_plan((record.get("training") or {}).get("framework", "torch"), record["params"].get("model"),
+                         plan.params["sparsities"], plan.params["channels"])
+    for name in plan.params["variants"]:
+        if name not in known: raise UnknownNameError("variant", name, list(known))
     return _report(lambda: run_planned(plan, args.reports_dir, progress=not args.quiet), args.reports_dir)
 
 def predict_command(args) -> int:

@@ -1,7 +1,6 @@
 """`aiprod optimize` on small real runs (CNN, LSTM, BERT, Keras): every variant builds, loads from its bundle and predicts
 what its scorecard row measured; the report shows metrics.json's figures; `aiprod export --variant` ships one."""
 import html, json, re, shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,8 +77,12 @@ def test_export_ships_a_variant_that_predicts_as_the_optimization_measured(optim
     assert not (tmp_path / "other").exists()
 
 
-def test_unknown_run_lists_the_runs(optimized):
+def test_unknown_run_or_variant_is_named_before_anything_runs(optimized):
     _, reports, run_dir, _, _ = optimized
+    before = sorted(reports.iterdir())
     done = run_cli("aiprod", "optimize", "20990101-000000-none-000000", "--reports-dir", reports)
-    assert done.returncode == 2 and f"unknown run '20990101-000000-none-000000'; known runs: " in done.stderr
+    assert done.returncode == 2 and "unknown run '20990101-000000-none-000000'; known runs: " in done.stderr
     assert run_dir.name in done.stderr and "-optimization-" not in done.stderr.split("known runs:")[1]
+    done = run_cli("aiprod", "optimize", run_dir.name, "-p", "variants", "[onnx-int4]", "--reports-dir", reports)
+    assert done.returncode == 2 and "unknown variant 'onnx-int4'; known variants: onnx, onnx-int8, " in done.stderr, done.stderr
+    assert sorted(reports.iterdir()) == before
