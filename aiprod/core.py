@@ -6,13 +6,13 @@
 from __future__ import annotations
 import dataclasses, html, importlib.metadata, os, platform, random, re, shutil, subprocess, tempfile
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any, Callable, Iterator
 
 # %% auto #0
 __all__ = ['AiprodError', 'UnknownNameError', 'ParameterError', 'RunFailed', 'Registry', 'config_from', 'seed_everything',
-           'default_device', 'atomic_write', 'atomic_folder', 'escape_markdown', 'git_commit', 'package_version',
-           'environment']
+           'default_device', 'atomic_write', 'atomic_folder', 'inside', 'escape_markdown', 'git_commit',
+           'package_version', 'environment']
 
 # %% ../nbs/00_core.ipynb #4279bdc7
 class AiprodError(Exception):
@@ -116,6 +116,14 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+# %% ../nbs/00_core.ipynb #1fa30ae6
+def inside(
+    relative: str,  # a file name relative to some folder, from a manifest, settings or an archive
+) -> bool:
+    "Whether `relative` is a non-empty relative path that cannot leave the folder it is joined to."
+    path = PureWindowsPath(relative)  # splits at `/` and `\\`, and knows drives and roots
+    return bool(relative) and not path.anchor and ".." not in path.parts
 
 # %% ../nbs/00_core.ipynb #8347ac5b
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]|#~$])")

@@ -12,7 +12,7 @@ from typing import BinaryIO, Callable
 from tqdm.auto import tqdm
 
 from . import __version__
-from .core import AiprodError, atomic_write
+from .core import AiprodError, atomic_write, inside
 
 # %% auto #0
 __all__ = ['DOWNLOAD_TIMEOUT', 'CHUNK_SIZE', 'data_dirs', 'cache_dir', 'sha256_file', 'directory_digest', 'RemoteFile',
@@ -57,8 +57,7 @@ class RemoteFile:
     sha256: str | tuple[str, ...]  # accepted hex digests; "" only for an archive whose digest is not published
 
     def __post_init__(self):
-        path = Path(self.name)
-        if not self.name or path.is_absolute() or ".." in path.parts:
+        if not inside(self.name):
             raise AiprodError(f"a RemoteFile name must be a relative path inside the data folder, got {self.name!r}")
         bad = [d for d in self.digests if len(d) != 64 or not set(d) <= set("0123456789abcdef")]
         if bad: raise AiprodError(f"{self.name}: {bad[0]!r} is not a hex sha256 digest")

@@ -11,7 +11,8 @@ from urllib.parse import quote
 import numpy as np
 from .core import AiprodError, UnknownNameError, atomic_folder, atomic_write, escape_markdown
 from .data import ArrayDataset
-from .predict import MANIFEST, SCHEMA_VERSION, file_digest, load, read_manifest
+from .download import sha256_file
+from .predict import MANIFEST, SCHEMA_VERSION, load, read_manifest
 from .preprocess import Preprocessor, load_preprocessor
 from .report import list_runs, read_json
 
@@ -233,7 +234,7 @@ def write_bundle(
         card = model_card_markdown(manifest, record)
         (tmp / "model_card.md").write_text(card, encoding="utf-8")
         (tmp / "model_card.html").write_text(model_card_html(card, f"Model card: {name} {version}"), encoding="utf-8")
-        manifest["files"] = {p.relative_to(tmp).as_posix(): file_digest(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        manifest["files"] = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         with atomic_write(tmp / MANIFEST) as f: json.dump(manifest, f, indent=2, default=str)
         load(tmp).predict(read_input_example(tmp / manifest["input"]["example"]))  # the bundle works, or nothing is written
     return out

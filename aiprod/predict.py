@@ -4,36 +4,29 @@
 
 # %% ../nbs/06_predict.ipynb #0ac871d3
 from __future__ import annotations
-import hashlib, json, os, sys
+import json, os, sys
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-from .core import AiprodError, Registry, atomic_write
+from .core import AiprodError, Registry, atomic_write, inside
+from .download import sha256_file
 from .preprocess import InputError, Preprocessor, load_preprocessor
 
 # %% auto #0
-__all__ = ['SCHEMA_VERSION', 'MANIFEST', 'REQUIRED', 'runtimes', 'SUFFIXES', 'file_digest', 'bundle_file', 'read_manifest',
-           'dynamic_int8', 'torch_model', 'torch_runtime', 'keras_runtime', 'onnx_runtime', 'softmax', 'Predictions',
-           'Batch', 'Predictor', 'load', 'gather_inputs', 'predict_files', 'write_predictions']
+__all__ = ['SCHEMA_VERSION', 'MANIFEST', 'REQUIRED', 'runtimes', 'SUFFIXES', 'bundle_file', 'read_manifest', 'dynamic_int8',
+           'torch_model', 'torch_runtime', 'keras_runtime', 'onnx_runtime', 'softmax', 'Predictions', 'Batch',
+           'Predictor', 'load', 'gather_inputs', 'predict_files', 'write_predictions']
 
 # %% ../nbs/06_predict.ipynb #3e0b2e06
 SCHEMA_VERSION = 1          # of bundle.json; a bundle of another version is refused
 MANIFEST = "bundle.json"    # the manifest's file name in a bundle
 REQUIRED = ("name", "classes", "framework", "model", "input", "preprocessing", "files")  # fields a reader needs
 
-def file_digest(path: str | Path) -> str:
-    "SHA-256 of a file's bytes, in hex."
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""): digest.update(block)
-    return digest.hexdigest()
-
 def bundle_file(folder: Path, relative: str) -> Path:
     "The bundle's file `relative`; an error naming it when it is missing or not inside the bundle."
-    parts = PurePosixPath(str(relative))
-    if not relative or parts.is_absolute() or ".." in parts.parts:
+    if not isinstance(relative, str) or not inside(relative):
         raise AiprodError(f"{folder / MANIFEST}: {relative!r} is not a path inside the bundle")
     if not (folder / relative).is_file(): raise AiprodError(f"{folder / relative}: missing (a file of the bundle {folder})")
     return folder / relative
@@ -60,7 +53,7 @@ def read_manifest(
     missing = [name for name in REQUIRED if name not in manifest]
     if missing: raise AiprodError(f"{path}: no {missing[0]!r} field")
     for relative, digest in manifest["files"].items():
-        if file_digest(bundle_file(folder, relative)) != digest:
+        if sha256_file(bundle_file(folder, relative)) != digest:
             raise AiprodError(f"{folder / relative}: corrupt: its content differs from the one {MANIFEST} lists (SHA-256)")
     return manifest
 

@@ -6,11 +6,11 @@
 from __future__ import annotations
 import dataclasses, io, math, os
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from .core import AiprodError, Registry, atomic_folder, config_from
+from .core import AiprodError, Registry, atomic_folder, config_from, inside
 from .data import ArrayDataset, normalization_stats, normalize
 from .loaders import BadItem, _array_inputs, _image_size, _object_array, _stack_images, image_pixels, read_image, read_wav
 from .text import Vocab, bert_encode, bert_tokenizer, choose_seq_len, clean_text, clean_texts, encode_splits
@@ -81,7 +81,7 @@ def _saved_file(folder: Path, files: dict, name: str, kind: str) -> Path:
     "The path of the file `name` that `save` wrote into `folder`; an error naming it if it is not there."
     relative = files.get(name)
     if not isinstance(relative, str) or not relative: raise AiprodError(f"{kind} preprocessor settings name no {name!r} file")
-    if PurePosixPath(relative).is_absolute() or ".." in PurePosixPath(relative).parts:
+    if not inside(relative):
         raise AiprodError(f"{kind} preprocessor settings: the {name} file {relative!r} is not a path inside the folder")
     path = folder / relative
     if not path.exists(): raise AiprodError(f"{path}: missing (the {kind} preprocessor's {name} file)")
