@@ -10,7 +10,7 @@ from typing import Callable
 
 import yaml
 from .core import AiprodError, RunFailed, UnknownNameError
-from .export import export_run, find_run, read_run
+from .export import export_run, find_run, read_run, run_framework
 from .predict import load, predict_files, write_predictions
 from .batch import compare_runs, run_sweep, summary_table
 from .report import (find_template, list_runs, plan_run, resume_run, run_planned, secret_variable, skip_unused_imports, template_names,
@@ -201,7 +201,7 @@ def optimize_command(args) -> int:
     from aiprod.optimize import variant_plan  # torch and ONNX: imported only by this command
     record = read_run(find_run(args.run, args.reports_dir))
     plan = plan_run("optimization", {**dict(args.parameter), "run": Path(args.run).name})
-    known = variant_plan((record.get("training") or {}).get("framework", "torch"), record["params"].get("model"),
+    known = variant_plan(run_framework(record), record["params"].get("model"),
                          plan.params["sparsities"], plan.params["channels"])
     for name in plan.params["variants"]:
         if name not in known: raise UnknownNameError("variant", name, list(known))

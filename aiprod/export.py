@@ -17,8 +17,9 @@ from .preprocess import Preprocessor, load_preprocessor
 from .report import list_runs, read_json
 
 # %% auto #0
-__all__ = ['MODEL_FILES', 'VARIANT_FIELDS', 'find_run', 'read_run', 'save_input_example', 'read_input_example', 'input_signature',
-           'bundle_manifest', 'model_card_markdown', 'model_card_html', 'write_bundle', 'find_variant', 'export_run']
+__all__ = ['MODEL_FILES', 'VARIANT_FIELDS', 'find_run', 'run_framework', 'model_name', 'read_run', 'save_input_example',
+           'read_input_example', 'input_signature', 'bundle_manifest', 'model_card_markdown', 'model_card_html',
+           'write_bundle', 'find_variant', 'export_run']
 
 # %% ../nbs/06a_export.ipynb #6441674c
 def find_run(
@@ -33,6 +34,14 @@ def find_run(
 
 MODEL_FILES = {"torch": "model.safetensors", "keras": "model.keras", "onnx": "model.onnx"}
 
+def run_framework(record: dict) -> str:
+    "The library that trained the run's model: torch (runs that do not say) or keras."
+    return (record.get("training") or {}).get("framework", "torch")
+
+def model_name(record: dict, variant: str | None = None) -> str:
+    "A bundle's default name: data set and model (digits-cnn), and the variant's name if any (digits-cnn-onnx-int8)."
+    return "-".join([record["params"].get("dataset", "data"), record["params"].get("model", "model"), *([variant] if variant else [])])
+
 def read_run(
     folder: Path,  # a run folder
 ) -> dict:
@@ -41,8 +50,7 @@ def read_run(
     if not (folder / "params.yaml").exists() or "status" not in record:
         raise AiprodError(f"{folder}: not a finished run folder (no params.yaml and metrics.json with a status)")
     if record["status"] != "SUCCEEDED": raise AiprodError(f"run {folder.name} is {record['status']}: only a SUCCEEDED run can be exported")
-    framework = (record.get("training") or {}).get("framework", "torch")
-    needed = [MODEL_FILES.get(framework, "model"), "preprocessing", "input_example.*"]
+    needed = [MODEL_FILES.get(run_framework(record), "model"), "preprocessing", "input_example.*"]
     missing = [name for name in needed if not list(folder.glob(name))] + ([] if "preprocessing" in record else ["preprocessing settings"])
     if missing: raise AiprodError(f"run {folder.name} saved no {missing[0]} ({folder}): it is not a model run, or was made "
                                   "before runs saved their preprocessing and input example; run it again")
@@ -88,9 +96,8 @@ def input_signature(prep: Preprocessor) -> dict:
 # %% ../nbs/06a_export.ipynb #12f603dd
 def _model_spec(folder: Path, record: dict) -> dict:
     "The model's registry name, config and weights file, as the run recorded them."
-    framework = (record.get("training") or {}).get("framework", "torch")
     return {"name": record["params"].get("model"), "architecture": record["model"].get("architecture"),
-            "config": record["model"]["config"], "parameters": record["model"].get("parameters"), "file": MODEL_FILES[framework]}
+            "config": record["model"]["config"], "parameters": record["model"].get("parameters"), "file": MODEL_FILES[run_framework(record)]}
 
 def _packages(record: dict) -> dict:
     "Versions of the packages that trained the model."
@@ -106,7 +113,7 @@ def bundle_manifest(folder: Path, record: dict, prep: Preprocessor, settings: di
     "The manifest of a bundle of the run `folder`, or of its optimized `variant` (without its file digests)."
     training, evaluation = record.get("training") or {}, record.get("evaluation") or {}
     manifest = {"schema_version": SCHEMA_VERSION, "name": name, "version": version, "task": record["template"],
-            "classes": record["data"]["classes"], "framework": training.get("framework", "torch"),
+            "classes": record["data"]["classes"], "framework": run_framework(record),
             "backend": training.get("backend"), "model": _model_spec(folder, record),
             "input": input_signature(prep), "preprocessing": settings, "recipe": training.get("recipe", {}),
             "params": record["params"],
@@ -274,6 +281,6 @@ def export_run(
     folder, chosen = find_run(run, reports_dir), None
     if variant: folder, chosen = find_variant(folder, variant, reports_dir)
     record = read_run(folder)
-    name = name or "-".join([record["params"].get("dataset", "data"), record["params"].get("model", "model"), *([variant] if variant else [])])
+    name = name or model_name(record, variant)
     return write_bundle(folder, record, Path(out) if out else Path("bundles") / f"{name}-{version}", name, version, force, chosen)
 

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 from .core import AiprodError, escape_markdown
 from .data import ArrayDataset, fingerprint
-from .export import find_run, read_run, write_bundle
+from .export import MODEL_FILES, find_run, model_name, read_run, run_framework, write_bundle
 from .predict import load, softmax, torch_model
 from .preprocess import Preprocessor, load_preprocessor
 
@@ -449,21 +449,19 @@ def cpu_info() -> dict:
     "The processor, its cores and the int8 instructions it has (VNNI and AMX decide how much int8 gains), and torch's threads."
     import torch
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    lines = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    flags = {k.strip(): v for k, v in lines.items()}.get("flags", "").split()
-    return {"processor": ({k.strip(): v for k, v in lines.items()}.get("model name") or platform.processor() or platform.machine()).strip(),
+    fields = {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in text.splitlines() if ":" in line)}
+    flags = fields.get("flags", "").split()
+    return {"processor": fields.get("model name") or platform.processor() or platform.machine(),
             "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "int8_instructions": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]}
 
 # %% ../nbs/06b_optimize.ipynb #25bf6a0e
 def source_bundle(source_folder: Path, record: dict, out: Path, run_id: str) -> Path:
     "Write the model as trained as the baseline variant `fp32` at `out`."
-    from aiprod.export import MODEL_FILES
-    framework = (record.get("training") or {}).get("framework", "torch")
+    framework = run_framework(record)
     spec = {"name": "fp32", "description": "the model as trained", "framework": framework, "backend": record["training"].get("backend"),
             "model": {}, "path": source_folder / MODEL_FILES[framework], "optimization_run": run_id}
-    name = f"{record['params'].get('dataset', 'data')}-{record['params'].get('model', 'model')}"
-    return write_bundle(source_folder, record, out, f"{name}-fp32", variant=spec, force=True)
+    return write_bundle(source_folder, record, out, model_name(record, "fp32"), variant=spec, force=True)
 
 def optimize(
     source: Source,                 # the run, with its baseline bundle
@@ -483,7 +481,7 @@ def optimize(
             with tempfile.TemporaryDirectory(dir=source.scratch) as tmp:
                 spec = plan[name](source, Path(tmp))
                 spec.update(name=name, optimization_run=run_id, path=Path(tmp) / spec["model"]["file"])
-                bundle = write_bundle(source.folder, source.record, out / name, f"{source.manifest['name'].removesuffix('-fp32')}-{name}",
+                bundle = write_bundle(source.folder, source.record, out / name, model_name(source.record, name),
                                       variant=spec, force=True)
             row, _ = measure(bundle, test, base_predicted, repeats)
             rows.append({"variant": name, "description": spec["description"], "framework": spec["framework"], **row})
