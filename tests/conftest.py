@@ -1,5 +1,5 @@
 """Shared fixtures: the `aiprod` command of this environment, one default run made once per session, headless Chromium."""
-import json, shutil, subprocess, sys
+import json, shutil, subprocess, sys, time
 from pathlib import Path
 
 import pytest
@@ -8,6 +8,14 @@ BIN = Path(sys.executable).parent
 # Named data sets come through aiprod's registry, as in any run: from the folders named in AIPROD_DATA_DIR when it is
 # set (`make test` sets it to ../shared/data when that folder exists), else from the cache, downloaded once and
 # checked by sha256. Nothing here chooses a path: a clone anywhere runs the same tests.
+
+
+def wait_for(condition, seconds: float = 60, interval: float = 0.2):
+    "Poll `condition` until it holds; fail the test after `seconds`."
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, "timed out waiting"
+        time.sleep(interval)
 
 
 def run_cli(*args, cwd=None, timeout=300):

@@ -1,6 +1,6 @@
 """`aiprod batch` and `aiprod compare` end to end: real sweeps of tiny runs, each in its own process and kernel, on two
 local workers or a real Dask LocalCluster; failures, timeouts, dead kernels and Ctrl-C; skipping and retrying."""
-import json, os, signal, statistics, subprocess, time
+import json, os, signal, statistics, subprocess
 from pathlib import Path
 
 import psutil
@@ -9,7 +9,7 @@ import yaml
 
 from aiprod.batch import load_sweep
 from aiprod.report import list_runs
-from conftest import BIN, run_cli
+from conftest import BIN, run_cli, wait_for
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = FIXTURES / "tiny.ipynb"
@@ -81,13 +81,6 @@ def test_retry_failed_reruns_only_failures_and_force_reruns_all(tmp_path):
     assert forced.returncode == 1 and len(records(tmp_path / "reports")) == 5
 
 
-def _wait_for(condition, seconds=60):
-    deadline = time.time() + seconds
-    while not condition():
-        assert time.time() < deadline, "timed out waiting"
-        time.sleep(0.2)
-
-
 def test_sigint_stops_the_sweep_cleanly(tmp_path):
     "Ctrl-C: finished runs keep their reports, running ones are INTERRUPTED, no kernel survives, the index is whole."
     sweep = sweep_file(tmp_path, "runs:\n  - {x: 1}\n  - {x: 2, sleep: 60, marker: started}\n  - {x: 3, sleep: 60, marker: started}\n"
@@ -96,7 +89,7 @@ def test_sigint_stops_the_sweep_cleanly(tmp_path):
     temporary.mkdir()
     batch = subprocess.Popen([BIN / "aiprod", "batch", sweep, "--workers", "2"], cwd=tmp_path, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(temporary)})
-    _wait_for(lambda: len(list((tmp_path / "reports").glob("*/started"))) == 2)
+    wait_for(lambda: len(list((tmp_path / "reports").glob("*/started"))) == 2)
     family = psutil.Process(batch.pid).children(recursive=True)
     assert any("ipykernel" in " ".join(p.cmdline()) for p in family)   # two kernels are running
     batch.send_signal(signal.SIGINT)

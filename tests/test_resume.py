@@ -1,6 +1,6 @@
 """An interrupted run resumes from its last checkpoint: a real `aiprod run` killed mid-training (as a lost machine
 would end it) is executed again in its own folder by `aiprod run --resume`, and ends exactly as the uninterrupted run."""
-import csv, json, os, signal, subprocess, time
+import csv, json, os, signal, subprocess
 
 import psutil
 import pytest
@@ -8,16 +8,9 @@ import pytest
 from aiprod.core import AiprodError
 from aiprod.report import resume_run
 from aiprod.training import CHECKPOINT, load_checkpoint
-from conftest import BIN, run_cli
+from conftest import BIN, run_cli, wait_for
 
 ARGS = ["-p", "epochs", "40", "-p", "patience", "40"]  # the digits CNN, about 0.1 s an epoch: long enough to cut short
-
-
-def _wait_for(condition, seconds=120):
-    deadline = time.time() + seconds
-    while not condition():
-        assert time.time() < deadline, "timed out waiting"
-        time.sleep(0.05)
 
 
 def _history(run_dir):
@@ -29,7 +22,7 @@ def test_a_killed_run_resumes_from_its_checkpoint(tmp_path):
     child = subprocess.Popen([BIN / "aiprod", "run", "--quiet", *ARGS], cwd=tmp_path, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, start_new_session=True)
     log = lambda: next((tmp_path / "reports").glob("*/training.log"), None)
-    _wait_for(lambda: log() is not None and "epoch 5/40  train_loss" in log().read_text())
+    wait_for(lambda: log() is not None and "epoch 5/40  train_loss" in log().read_text(), seconds=120, interval=0.05)
     family = psutil.Process(child.pid).children(recursive=True)  # the kernel runs in a session of its own
     os.killpg(child.pid, signal.SIGKILL)
     for process in family: process.kill()
