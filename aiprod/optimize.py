@@ -20,11 +20,11 @@ from .preprocess import Preprocessor, load_preprocessor
 
 # %% auto #0
 __all__ = ['BATCH', 'OPSET', 'ONNX', 'COLUMNS', 'run_splits', 'TestInputs', 'prepare_test', 'batch_size', 'latency_ms',
-           'throughput', 'model_size', 'peak_memory_mb', 'measure', 'Source', 'train_batches', 'finetune', 'quiet_logs',
-           'export_onnx', 'bert_onnx', 'lstm_to_onnx', 'onnx_fp32', 'onnx_int8', 'onnx_int8_static', 'torch_int8',
-           'prunable', 'magnitude_pruned', 'narrower_cnn', 'channel_pruned', 'keras_int8', 'variant_plan', 'applicable',
-           'cpu_info', 'source_bundle', 'optimize', 'finish_rows', 'open_run', 'cell', 'scorecard_markdown',
-           'variants_markdown', 'pareto_front', 'plot_tradeoffs']
+           'throughput', 'model_size', 'peak_memory_mb', 'measure', 'Source', 'source_bundle', 'open_run',
+           'train_batches', 'finetune', 'quiet_logs', 'export_onnx', 'bert_onnx', 'lstm_to_onnx', 'onnx_fp32',
+           'onnx_int8', 'onnx_int8_static', 'torch_int8', 'prunable', 'magnitude_pruned', 'narrower_cnn',
+           'channel_pruned', 'keras_int8', 'variant_plan', 'applicable', 'cpu_info', 'optimize', 'finish_rows', 'cell',
+           'scorecard_markdown', 'variants_markdown', 'pareto_front', 'plot_tradeoffs']
 
 # %% ../nbs/06b_optimize.ipynb #59f69366
 def run_splits(
@@ -154,6 +154,32 @@ class Source:
         path = self.scratch / "model.onnx"
         if not path.exists(): export_onnx(self.model(), self.prep.encode(list(self.sample(BATCH).x)), path)
         return path
+
+# %% ../nbs/06b_optimize.ipynb #6a02abfb
+def source_bundle(source_folder: Path, record: dict, out: Path, run_id: str) -> Path:
+    "Write the model as trained as the baseline variant `fp32` at `out`."
+    framework = run_framework(record)
+    spec = {"name": "fp32", "description": "the model as trained", "framework": framework, "backend": record["training"].get("backend"),
+            "model": {}, "path": source_folder / MODEL_FILES[framework], "optimization_run": run_id}
+    return write_bundle(source_folder, record, out, model_name(record, "fp32"), variant=spec, force=True)
+
+
+# %% ../nbs/06b_optimize.ipynb #580d82d7
+def open_run(
+    run: str | Path,                  # a run id under `reports_folder`, or a run folder
+    reports_folder: str | Path,       # the folder of run folders
+    out: Path = Path("variants"),     # where the variant bundles go (the baseline in out/fp32)
+    run_id: str = "",                 # the optimization run's id
+    **options,                        # Source's finetune_steps, calibration_samples, seed
+) -> tuple[Source, dict[str, ArrayDataset]]:
+    "The run to optimize, with its splits made again and its model as trained written as the baseline bundle."
+    folder = find_run(run, reports_folder)
+    record = read_run(folder)
+    splits = run_splits(folder, record)
+    baseline = source_bundle(folder, record, out / "fp32", run_id)
+    scratch = Path(tempfile.mkdtemp(prefix="aiprod-optimize-"))
+    return Source(folder, record, baseline, load_preprocessor(record["preprocessing"], folder / "preprocessing"), splits["train"],
+                  scratch, **options), splits
 
 # %% ../nbs/06b_optimize.ipynb #d210c13a
 def train_batches(source: Source, n: int):
@@ -456,13 +482,6 @@ def cpu_info() -> dict:
             "int8_instructions": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]}
 
 # %% ../nbs/06b_optimize.ipynb #25bf6a0e
-def source_bundle(source_folder: Path, record: dict, out: Path, run_id: str) -> Path:
-    "Write the model as trained as the baseline variant `fp32` at `out`."
-    framework = run_framework(record)
-    spec = {"name": "fp32", "description": "the model as trained", "framework": framework, "backend": record["training"].get("backend"),
-            "model": {}, "path": source_folder / MODEL_FILES[framework], "optimization_run": run_id}
-    return write_bundle(source_folder, record, out, model_name(record, "fp32"), variant=spec, force=True)
-
 def optimize(
     source: Source,                 # the run, with its baseline bundle
     plan: dict[str, Callable],      # from `variant_plan`
@@ -498,23 +517,6 @@ def finish_rows(rows: list[dict], max_accuracy_drop: float) -> list[dict]:
                    size_ratio=row["size_mb"] / base["size_mb"])
         row["passed"] = bool(-row["accuracy_change"] <= max_accuracy_drop + 1e-9)
     return rows
-
-# %% ../nbs/06b_optimize.ipynb #580d82d7
-def open_run(
-    run: str | Path,                  # a run id under `reports_folder`, or a run folder
-    reports_folder: str | Path,       # the folder of run folders
-    out: Path = Path("variants"),     # where the variant bundles go (the baseline in out/fp32)
-    run_id: str = "",                 # the optimization run's id
-    **options,                        # Source's finetune_steps, calibration_samples, seed
-) -> tuple[Source, dict[str, ArrayDataset]]:
-    "The run to optimize, with its splits made again and its model as trained written as the baseline bundle."
-    folder = find_run(run, reports_folder)
-    record = read_run(folder)
-    splits = run_splits(folder, record)
-    baseline = source_bundle(folder, record, out / "fp32", run_id)
-    scratch = Path(tempfile.mkdtemp(prefix="aiprod-optimize-"))
-    return Source(folder, record, baseline, load_preprocessor(record["preprocessing"], folder / "preprocessing"), splits["train"],
-                  scratch, **options), splits
 
 # %% ../nbs/06b_optimize.ipynb #209f7f99
 COLUMNS = [("variant", "variant", "{}"), ("accuracy", "accuracy", "{:.4f}"), ("accuracy_change", "Δ points", "{:+.2f}"),
