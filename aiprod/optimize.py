@@ -15,7 +15,7 @@ import numpy as np
 from .core import AiprodError, escape_markdown
 from .data import ArrayDataset, fingerprint
 from .export import MODEL_FILES, find_run, model_name, read_run, run_framework, write_bundle
-from .predict import load, softmax, torch_model
+from .predict import load, read_manifest, softmax, torch_model
 from .preprocess import Preprocessor, load_preprocessor
 
 # %% auto #0
@@ -137,7 +137,6 @@ class Source:
     manifest: dict = field(init=False)
 
     def __post_init__(self):
-        from aiprod.predict import read_manifest
         self.manifest = read_manifest(self.baseline)
 
     def model(self):
