@@ -4,7 +4,7 @@
 
 # %% ../nbs/06c_serve.ipynb #07c824dd
 from __future__ import annotations
-import asyncio, base64, binascii, hmac, json, logging, logging.handlers, math, os, queue, re, sys, tempfile, threading, time, uuid
+import asyncio, base64, binascii, hmac, json, logging, logging.handlers, math, os, queue, re, signal, sys, tempfile, threading, time, uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -711,7 +711,10 @@ class Server(uvicorn.Server):
     "uvicorn's server, marking the service as draining when told to stop, and saying where it listens."
     def handle_exit(self, sig, frame):
         draining.set()
-        super().handle_exit(sig, frame)
+        # uvicorn records the signal and raises it again once shut down, so the process would die of its SIGTERM;
+        # a drained server has done what was asked, so it exits 0 instead
+        if self.should_exit and sig == signal.SIGINT: self.force_exit = True  # a second Ctrl-C: stop now
+        else: self.should_exit = True
 
     async def startup(self, sockets=None):
         await super().startup(sockets)
