@@ -10,7 +10,7 @@ ARGS   ?=
 # local copies. Elsewhere they download once into ~/.cache/aiprod (checked by sha256).
 export AIPROD_DATA_DIR ?= $(abspath $(wildcard ../shared/data))
 
-.PHONY: setup report test browser lab bench quality
+.PHONY: setup report test browser lab bench quality wrk
 
 setup: $(BIN)/.installed
 
@@ -41,7 +41,13 @@ lab: setup
 	$(BIN)/python -m pip install -q jupyterlab
 	$(BIN)/jupyter lab nbs/
 
-bench: setup
+# wrk, the HTTP load generator of bench/serving.py (Debian's package; needs root and apt-get)
+wrk:
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
+	  echo "no wrk: bench/serving.py cannot run"
+
+bench: setup wrk
 	$(BIN)/python bench/report_overhead.py
 	$(BIN)/python bench/data_pipeline.py
 	$(BIN)/python bench/training_throughput.py
@@ -49,6 +55,7 @@ bench: setup
 	$(BIN)/python bench/batch_throughput.py
 	$(BIN)/python bench/predict.py
 	$(BIN)/python bench/optimization.py
+	$(BIN)/python bench/serving.py
 
 # every model template on its full data set against its quality target (about 40 minutes on 2 CPUs)
 quality: setup

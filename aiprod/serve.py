@@ -752,7 +752,8 @@ def serve(
     if workers == 1:
         Server(_config(create_app(service), host, port, 1, limits)).run()
         return
-    del service  # each worker loads its own models
+    del service  # each worker loads its own models, and takes its share of the cores for torch's threads
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     os.environ["AIPROD_SERVE"] = json.dumps({"bundles": [str(Path(b).resolve()) for b in bundles], "limits": asdict(limits),
                                              "access_log": access_log})
     with tempfile.TemporaryDirectory(prefix="aiprod-metrics-") as metrics_dir:
