@@ -4,7 +4,7 @@
 
 # %% ../nbs/06c_serve.ipynb #07c824dd
 from __future__ import annotations
-import asyncio, base64, binascii, hmac, json, logging, logging.handlers, math, os, queue, re, signal, sys, tempfile, threading, time, uuid
+import asyncio, base64, binascii, hmac, json, logging, logging.handlers, math, os, queue, re, signal, socket, sys, tempfile, threading, time, uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import prometheus_client as prom
-import uvicorn, uvicorn.supervisors
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -376,7 +376,7 @@ PREDICT_BODY = {"requestBody": {"required": True, "content": {
         "description": "files: each one input (`curl -F file=@digit.png`); a text model reads each as UTF-8 text"}}}}}}}
 
 # %% ../nbs/06c_serve.ipynb #486d2299
-def validation_error(error: ValidationError | RequestValidationError, prefix: str = "") -> InvalidRequest:
+def validation_error(error: ValidationError | RequestValidationError) -> InvalidRequest:
     "Pydantic's first complaint as a 422 that names the field and, in a list, the item's index."
     first = error.errors()[0]
     loc = [part for part in first.get("loc", ()) if part not in ("body", "query", "path")]
@@ -384,7 +384,7 @@ def validation_error(error: ValidationError | RequestValidationError, prefix: st
     names = [str(part) for part in loc if not isinstance(part, int)]
     field_ = ".".join(names) or "body"
     index = next((part for part in loc if isinstance(part, int)), None)
-    where = prefix + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
     return InvalidRequest(f"{where or 'body'}: {first['msg']}", field_, index)
 
 async def predict_inputs(request: Request, limits: Limits) -> tuple[list, str, list | None]:
@@ -444,6 +444,13 @@ def tensor_inputs(tensor: InferTensor, kind: str, limits: Limits) -> list:
 OPEN_PATHS = {"/livez", "/readyz", "/v2/health/live", "/v2/health/ready", "/metrics"}  # answered without an API key: probes and scrapes
 REQUEST_ID = re.compile(r"^[\w.:-]{1,64}$")
 draining = threading.Event()  # set in a server process when it is told to stop (SIGTERM, Ctrl-C)
+
+def _drain_on_signals():
+    "Mark the process as draining when told to stop, then let uvicorn's handler shut it down (where signals are handled: the main thread)."
+    if threading.current_thread() is not threading.main_thread(): return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+        if callable(previous): signal.signal(sig, lambda number, frame, previous=previous: (draining.set(), previous(number, frame)))
 
 class Gate:
     "ASGI middleware: request id, API key, body size, draining, metrics and the access log."
@@ -607,6 +614,7 @@ def create_app(
     "The FastAPI app of `service`, behind its gate; models warm up when it starts."
     @asynccontextmanager
     async def lifespan(app):
+        _drain_on_signals()
         warming = [asyncio.create_task(m.start()) for m in service.all()]  # /livez answers while they warm up
         yield
         for task in warming: task.cancel()
@@ -625,6 +633,8 @@ def create_app(
     @app.exception_handler(HTTPException)
     async def answer(request: Request, error: Exception):
         if isinstance(error, RequestValidationError): error = validation_error(error)
+        elif isinstance(error, HTTPException) and error.status_code == 400:  # FastAPI could not parse the body (not UTF-8)
+            error = InvalidRequest(f"body: not valid JSON ({error.detail})", "body")
         elif isinstance(error, HTTPException):  # unknown path, wrong method: the status Starlette chose, in our shape
             body = {"error": str(error.detail), "request_id": request.state.request_id}
             return Response(json.dumps(body), error.status_code, headers=error.headers, media_type="application/json")
@@ -678,39 +688,51 @@ def create_app(
     @app.get("/v2/health/ready", tags=["v2"], responses={400: {"model": dict}})
     async def v2_ready(): return _json({"ready": service.ready}, 200 if service.ready else 400)
 
-    for prefix, by in (("/v2/models/{name}", ""), ("/v2/models/{name}/versions/{version}", "_version")):
-        @app.get(prefix, response_model=ModelMetadata, responses=ERRORS, tags=["v2"], operation_id=f"v2_metadata{by}")
-        async def v2_metadata(name: str, version: str | None = None): return _json(service.metadata(service.model(name, version)))
+    @app.get("/v2/models/{name}", response_model=ModelMetadata, responses=ERRORS, tags=["v2"])
+    async def v2_metadata(name: str): return _json(service.metadata(service.model(name)))
 
-        @app.get(prefix + "/ready", tags=["v2"], responses={**ERRORS, 400: {"model": dict}}, operation_id=f"v2_model_ready{by}")
-        async def v2_model_ready(name: str, version: str | None = None):
-            served = service.model(name, version)
-            return _json({"name": served.name, "ready": served.ready}, 200 if served.ready else 400)
+    @app.get("/v2/models/{name}/versions/{version}", response_model=ModelMetadata, responses=ERRORS, tags=["v2"])
+    async def v2_version_metadata(name: str, version: str): return _json(service.metadata(service.model(name, version)))
 
-        @app.post(prefix + "/infer", response_model=InferResponse, responses=ERRORS, tags=["v2"], operation_id=f"v2_infer{by}")
-        async def v2_infer(request: Request, body: InferRequest, name: str, version: str | None = None):
-            "The open inference protocol's inference: one input tensor; outputs `probabilities` (FP32) and `label` (BYTES)."
-            served = service.model(name, version)
-            items = tensor_inputs(body.inputs[0], served.predictor.kind, service.limits)
-            wanted = [o.name for o in body.outputs or []]
-            unknown = next((i for i, o in enumerate(wanted) if o not in ("probabilities", "label")), None)
-            if unknown is not None:
-                raise InvalidRequest(f"outputs[{unknown}].name: {wanted[unknown]!r} is not an output; outputs: probabilities, label", "outputs", unknown)
-            probs = await _predict(request, served, items, "inputs[0].data")
-            classes = served.predictor.classes
-            outputs = [{"name": "probabilities", "datatype": "FP32", "shape": list(probs.shape), "data": probs.ravel().tolist()},
-                       {"name": "label", "datatype": "BYTES", "shape": [len(probs)], "data": [classes[k] for k in probs.argmax(1).tolist()]}]
-            return _json({"model_name": served.name, "model_version": served.version, "id": body.id or request.state.request_id,
-                          "outputs": [o for o in outputs if not wanted or o["name"] in wanted]})
+    def model_ready(served: ServedModel) -> Response:
+        return _json({"name": served.name, "ready": served.ready}, 200 if served.ready else 400)
+
+    @app.get("/v2/models/{name}/ready", tags=["v2"], responses={**ERRORS, 400: {"model": dict}})
+    async def v2_model_ready(name: str): return model_ready(service.model(name))
+
+    @app.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"], responses={**ERRORS, 400: {"model": dict}})
+    async def v2_version_ready(name: str, version: str): return model_ready(service.model(name, version))
+
+    async def infer(request: Request, body: InferRequest, served: ServedModel) -> Response:
+        items = tensor_inputs(body.inputs[0], served.predictor.kind, service.limits)
+        wanted = [o.name for o in body.outputs or []]
+        unknown = next((i for i, o in enumerate(wanted) if o not in ("probabilities", "label")), None)
+        if unknown is not None:
+            raise InvalidRequest(f"outputs[{unknown}].name: {wanted[unknown]!r} is not an output; outputs: probabilities, label", "outputs", unknown)
+        probs = await _predict(request, served, items, "inputs[0].data")
+        classes = served.predictor.classes
+        outputs = [{"name": "probabilities", "datatype": "FP32", "shape": list(probs.shape), "data": probs.ravel().tolist()},
+                   {"name": "label", "datatype": "BYTES", "shape": [len(probs)], "data": [classes[k] for k in probs.argmax(1).tolist()]}]
+        return _json({"model_name": served.name, "model_version": served.version, "id": body.id or request.state.request_id,
+                      "outputs": [o for o in outputs if not wanted or o["name"] in wanted]})
+
+    @app.post("/v2/models/{name}/infer", response_model=InferResponse, responses=ERRORS, tags=["v2"])
+    async def v2_infer(request: Request, body: InferRequest, name: str):
+        "The open inference protocol's inference: one input tensor; outputs `probabilities` (FP32) and `label` (BYTES)."
+        return await infer(request, body, service.model(name))
+
+    @app.post("/v2/models/{name}/versions/{version}/infer", response_model=InferResponse, responses=ERRORS, tags=["v2"])
+    async def v2_version_infer(request: Request, body: InferRequest, name: str, version: str):
+        "The same, of one version of the model."
+        return await infer(request, body, service.model(name, version))
 
     app.add_middleware(Gate, service=service)
     return app
 
 # %% ../nbs/06c_serve.ipynb #46f301bf
 class Server(uvicorn.Server):
-    "uvicorn's server, marking the service as draining when told to stop, and saying where it listens."
+    "uvicorn's server, exiting 0 once drained, and saying where it listens."
     def handle_exit(self, sig, frame):
-        draining.set()
         # uvicorn records the signal and raises it again once shut down, so the process would die of its SIGTERM;
         # a drained server has done what was asked, so it exits 0 instead
         if self.should_exit and sig == signal.SIGINT: self.force_exit = True  # a second Ctrl-C: stop now
@@ -718,16 +740,17 @@ class Server(uvicorn.Server):
 
     async def startup(self, sockets=None):
         await super().startup(sockets)
-        if self.started and self.config.workers == 1:
+        if self.started:
             for server in self.servers:
                 for sock in server.sockets: _listening(*sock.getsockname()[:2])
 
 def _listening(host: str, port: int):
     print(f"aiprod: serving on http://{host}:{port} (Ctrl-C or SIGTERM drains and stops)", file=sys.stderr, flush=True)
 
-def _config(app, host: str, port: int, workers: int, limits: Limits, **options) -> uvicorn.Config:
-    return uvicorn.Config(app, host=host, port=port, workers=workers, log_level="warning", access_log=False, server_header=False,
-                          timeout_graceful_shutdown=int(limits.timeout_s) + 5, backlog=2048, **options)
+def _options(workers: int, limits: Limits) -> dict:
+    "uvicorn's settings: quiet (aiprod writes its own access log), a drain long enough for a request's whole deadline."
+    return dict(workers=workers, log_level="warning", access_log=False, server_header=False,
+                timeout_graceful_shutdown=int(limits.timeout_s) + 5, backlog=2048)
 
 def app_from_environment() -> FastAPI:
     "The app of a worker process that `serve` started: its bundles and limits come in AIPROD_SERVE."
@@ -750,15 +773,15 @@ def serve(
     service = make_service([load(b) for b in bundles], limits, api_key_from_environment(), access_logger(access_log))
     draining.clear()
     if workers == 1:
-        Server(_config(create_app(service), host, port, 1, limits)).run()
+        Server(uvicorn.Config(create_app(service), host=host, port=port, **_options(1, limits))).run()
         return
     del service  # each worker loads its own models, and takes its share of the cores for torch's threads
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     os.environ["AIPROD_SERVE"] = json.dumps({"bundles": [str(Path(b).resolve()) for b in bundles], "limits": asdict(limits),
                                              "access_log": access_log})
+    sock = socket.create_server((host, port), backlog=2048)  # bound here, so the port is known before the workers start
+    _listening(*sock.getsockname()[:2])
     with tempfile.TemporaryDirectory(prefix="aiprod-metrics-") as metrics_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-        config = _config("aiprod.serve:app_from_environment", host, port, workers, limits, factory=True)
-        sock = config.bind_socket()
-        _listening(*sock.getsockname()[:2])
-        uvicorn.supervisors.Multiprocess(config, target=Server(config).run, sockets=[sock]).run()
+        uvicorn.run("aiprod.serve:app_from_environment", factory=True, fd=sock.fileno(), **_options(workers, limits))
+
