@@ -138,11 +138,12 @@ def keras_runtime(folder: Path, manifest: dict) -> Callable:
 
 @runtimes.register("onnx")
 def onnx_runtime(folder: Path, manifest: dict) -> Callable:
-    "Forward of the ONNX model in `model.onnx`, with ONNX Runtime on the CPU (threads: one per core)."
+    "Forward of the ONNX model in `model.onnx`, with ONNX Runtime on the CPU (threads: OMP_NUM_THREADS, as torch, else one per core)."
     import onnxruntime as ort
     path = bundle_file(folder, manifest["model"]["file"])
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
+    options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)  # 0: ONNX Runtime's default
     try: session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e: raise AiprodError(f"{path}: not a readable ONNX model ({e})") from e
     names = [i.name for i in session.get_inputs()]

@@ -252,6 +252,12 @@ class TextPreprocessor(Preprocessor):
         if self.tokenizer == "wordpiece": return bert_encode(self.wordpiece, texts, self.max_length)
         return self.vocab.encode(texts, self.seq_len)
 
+    def lengths(self, texts: list[str]) -> list[int]:
+        "Tokens each read text takes in `collate`'s batch before padding: its WordPiece tokens, or the fixed seq_len of words."
+        self._check_fitted()
+        if self.tokenizer == "words": return [self.seq_len] * len(texts)
+        return [len(ids) for ids in self.wordpiece(list(texts), truncation=True, max_length=self.max_length)["input_ids"]]
+
     def _save_files(self, folder: Path):
         if self.tokenizer == "words": return self.vocab.save(folder / self.files["vocab"])
         with atomic_folder(folder / self.files["tokenizer"]) as tmp: self.wordpiece.save_pretrained(tmp)
