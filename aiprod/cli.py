@@ -112,8 +112,10 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 in a container)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000; 0: any free port)")
     serve.add_argument("--workers", type=above_zero(int), default=1, help="server processes, each with its own copy of the models (default: 1)")
+    serve.add_argument("--threads", type=above_zero(int), help="threads of each process's forward passes (default: "
+                       "OMP_NUM_THREADS if set, else for torch the cores but one, shared among the workers; ONNX Runtime every core)")
     serve.add_argument("--max-batch-size", type=above_zero(int), default=32, help="inputs per forward pass (default: 32)")
-    serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to join its batch (default: 5)")
+    serve.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a request waits for others to join its batch (default: 2)")
     serve.add_argument("--max-queue", type=above_zero(int), default=1024, help="inputs waiting per model; beyond it, 503 (default: 1024)")
     serve.add_argument("--timeout", type=above_zero(float), default=30.0, help="seconds a request may wait and run; beyond it, 504 (default: 30)")
     serve.add_argument("--max-body-mb", type=above_zero(float), default=16.0, help="largest request body in MB; beyond it, 413 (default: 16)")
@@ -225,7 +227,7 @@ def serve_command(args) -> int:
     "`aiprod serve`: check every bundle, then serve them until SIGTERM or Ctrl-C."
     from aiprod.serve import Limits, serve  # FastAPI and uvicorn: imported only by this command
     limits = Limits(args.max_batch_size, args.max_wait_ms, args.max_queue, args.timeout, args.max_body_mb, args.max_inputs)
-    serve(args.bundles, args.host, args.port, args.workers, limits, None if args.access_log == "off" else args.access_log)
+    serve(args.bundles, args.host, args.port, args.workers, limits, None if args.access_log == "off" else args.access_log, args.threads)
     return 0
 
 def predict_command(args) -> int:

@@ -27,14 +27,14 @@ from .predict import Predictor, load, softmax
 from .preprocess import InputError
 
 # %% auto #0
-__all__ = ['STATUSES', 'SECONDS', 'SIZES', 'CONFIDENCE', 'DATA_URL', 'ERRORS', 'PREDICT_BODY', 'V2_TYPES', 'OPEN_PATHS',
-           'REQUEST_ID', 'draining', 'ServiceError', 'InvalidRequest', 'TooLarge', 'Unauthorized', 'NotFound',
-           'UnsupportedMediaType', 'Unavailable', 'DeadlineExceeded', 'status_of', 'error_body', 'Limits',
+__all__ = ['STATUSES', 'SECONDS', 'SIZES', 'CONFIDENCE', 'DATA_URL', 'TOKENS_PER_PASS', 'ERRORS', 'PREDICT_BODY', 'V2_TYPES',
+           'OPEN_PATHS', 'REQUEST_ID', 'draining', 'ServiceError', 'InvalidRequest', 'TooLarge', 'Unauthorized',
+           'NotFound', 'UnsupportedMediaType', 'Unavailable', 'DeadlineExceeded', 'status_of', 'error_body', 'Limits',
            'api_key_from_environment', 'key_matches', 'Metrics', 'raw_input', 'Pending', 'length_groups', 'ServedModel',
            'PredictRequest', 'Prediction', 'PredictResponse', 'ErrorResponse', 'MetadataTensor', 'InferTensor',
            'RequestedOutput', 'InferRequest', 'InferResponse', 'ModelMetadata', 'validation_error', 'predict_inputs',
            'tensor_inputs', 'Gate', 'respond', 'access_logger', 'Service', 'make_service', 'create_app', 'Server',
-           'app_from_environment', 'serve']
+           'load_bundles', 'app_from_environment', 'serve']
 
 # %% ../nbs/06c_serve.ipynb #dc9d9de5
 class ServiceError(AiprodError):
@@ -71,7 +71,7 @@ def error_body(error: BaseException, request_id: str | None) -> dict:
 class Limits:
     "How the service batches, and what it accepts."
     max_batch_size: int = 32    # inputs per forward pass
-    max_wait_ms: float = 5.0    # how long the first queued input waits for others to join its batch
+    max_wait_ms: float = 2.0    # how long the first queued input waits for others to join its batch
     max_queue: int = 1024       # inputs waiting per model; a request that would pass it gets 503 with Retry-After
     timeout_s: float = 30.0     # a request's deadline, queueing included; past it, 504
     max_body_mb: float = 16.0   # request body size; more gets 413
@@ -174,6 +174,8 @@ def length_groups(lengths: list[int], overhead: int) -> list[list[int]]:
     return groups[::-1]
 
 # %% ../nbs/06c_serve.ipynb #6319cf09
+TOKENS_PER_PASS = 64  # what a forward pass costs beyond its tokens, in tokens: where padding costs more, texts go in two passes
+
 def _chunks(order: list[int], size: int) -> list[list[int]]:
     return [order[i:i + size] for i in range(0, len(order), size)]
 
@@ -285,7 +287,7 @@ class ServedModel:
             loaded += items; owners += [g] * len(items)
         if not loaded: return outcomes
         size, prep = self.limits.max_batch_size, self.predictor.preprocessor
-        passes = ([c for group_ in length_groups([len(t) for t in loaded], overhead=64) for c in _chunks(group_, size)]
+        passes = ([c for group_ in length_groups(prep.lengths(loaded), overhead=TOKENS_PER_PASS) for c in _chunks(group_, size)]
                   if self._dynamic else _chunks(list(range(len(loaded))), size))
         probs = np.empty((len(loaded), len(self.predictor.classes)), np.float32)
         for chunk in passes:
@@ -752,11 +754,20 @@ def _options(workers: int, limits: Limits) -> dict:
     return dict(workers=workers, log_level="warning", access_log=False, server_header=False,
                 timeout_graceful_shutdown=int(limits.timeout_s) + 5, backlog=2048)
 
+def load_bundles(bundles: list, threads: int | None = None, workers: int = 1) -> list[Predictor]:
+    "The bundles loaded; forward passes with `threads` threads, else OMP_NUM_THREADS, else (torch) the cores but one, shared."
+    if threads: os.environ["OMP_NUM_THREADS"] = str(threads)  # ONNX Runtime reads it per session, torch when imported
+    predictors = [load(b) for b in bundles]
+    if "torch" in sys.modules:  # one core stays with the event loop: on 2 cores, torch's BERT served 54 req/s with 1 thread, 41 with 2
+        default = int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, ((os.cpu_count() or 1) - 1) // workers)
+        sys.modules["torch"].set_num_threads(default)
+    return predictors
+
 def app_from_environment() -> FastAPI:
-    "The app of a worker process that `serve` started: its bundles and limits come in AIPROD_SERVE."
+    "The app of a worker process that `serve` started: its bundles and settings come in AIPROD_SERVE."
     settings = json.loads(os.environ["AIPROD_SERVE"])
-    service = make_service([load(b) for b in settings["bundles"]], Limits(**settings["limits"]), api_key_from_environment(),
-                           access_logger(settings["access_log"]))
+    service = make_service(load_bundles(settings["bundles"], settings["threads"], settings["workers"]), Limits(**settings["limits"]),
+                           api_key_from_environment(), access_logger(settings["access_log"]))
     return create_app(service)
 
 def serve(
@@ -766,19 +777,19 @@ def serve(
     workers: int = 1,            # server processes, each with the models
     limits: Limits | None = None,
     access_log: str | None = "-",# JSON lines to this file; '-': standard output; None: none
+    threads: int | None = None,  # threads of the forward passes per process (see `load_bundles`)
 ):
     "Serve the bundles until SIGTERM or Ctrl-C; a bad bundle or API key file is an error before the port is bound."
     limits = limits or Limits()
     if not isinstance(workers, int) or workers < 1: raise AiprodError(f"workers must be a whole number above 0, got {workers!r}")
-    service = make_service([load(b) for b in bundles], limits, api_key_from_environment(), access_logger(access_log))
+    service = make_service(load_bundles(bundles, threads, workers), limits, api_key_from_environment(), access_logger(access_log))
     draining.clear()
     if workers == 1:
         Server(uvicorn.Config(create_app(service), host=host, port=port, **_options(1, limits))).run()
         return
-    del service  # each worker loads its own models, and takes its share of the cores for torch's threads
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    del service  # each worker loads its own models
     os.environ["AIPROD_SERVE"] = json.dumps({"bundles": [str(Path(b).resolve()) for b in bundles], "limits": asdict(limits),
-                                             "access_log": access_log})
+                                             "access_log": access_log, "threads": threads, "workers": workers})
     sock = socket.create_server((host, port), backlog=2048)  # bound here, so the port is known before the workers start
     _listening(*sock.getsockname()[:2])
     with tempfile.TemporaryDirectory(prefix="aiprod-metrics-") as metrics_dir:
