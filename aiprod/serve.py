@@ -234,7 +234,7 @@ class ServedModel:
         self._wake.set()
         try: return await asyncio.wait_for(pending.future, self.limits.timeout_s)
         except asyncio.TimeoutError:
-            raise DeadlineExceeded(f"no answer within {self.limits.timeout_s:g} s (--timeout): the server is overloaded") from None
+            raise self._late() from None
 
     async def _batches(self):
         loop, limits = asyncio.get_running_loop(), self.limits
@@ -255,6 +255,9 @@ class ServedModel:
                 if isinstance(outcome, BaseException): pending.future.set_exception(outcome)
                 else: pending.future.set_result(outcome)
 
+    def _late(self) -> DeadlineExceeded:
+        return DeadlineExceeded(f"no answer within {self.limits.timeout_s:g} s (--timeout): the server is overloaded")
+
     def _take(self, now: float) -> list[Pending]:
         "The next group: queued requests, oldest first, up to max_batch_size inputs (the first whatever its size)."
         group, size = [], 0
@@ -262,7 +265,7 @@ class ServedModel:
             pending = self.queue.popleft(); self.queued -= len(pending.items)
             if pending.future.done(): continue
             if now > pending.deadline:
-                pending.future.set_exception(DeadlineExceeded(f"no answer within {self.limits.timeout_s:g} s (--timeout): the server is overloaded"))
+                pending.future.set_exception(self._late())
                 continue
             group.append(pending); size += len(pending.items)
         self.metrics.queue_depth.labels(self.name).set(self.queued)
@@ -596,8 +599,8 @@ def make_service(predictors: list[Predictor], limits: Limits | None = None, api_
     return Service(models, limits, metrics, api_key, access_log)
 
 # %% ../nbs/06c_serve.ipynb #f6ac2849
-def _json(body: dict, status: int = 200) -> Response:
-    return Response(json.dumps(body, ensure_ascii=False), status, media_type="application/json")
+def _json(body: dict, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(json.dumps(body, ensure_ascii=False), status, headers, media_type="application/json")
 
 def _rows(classes: list[str], probs: np.ndarray) -> list[dict]:
     return [{"label": classes[k], "probability": row[k], "probabilities": dict(zip(classes, row))}
@@ -630,6 +633,11 @@ def create_app(
                   description=f"Predictions of {names}: `/predict` (JSON or file upload) and the open inference protocol (`/v2`).")
     app.state.service = service
 
+    @app.exception_handler(Exception)
+    async def fault(request: Request, error: Exception):  # a bug of the service: logged, answered 500 without details
+        logging.getLogger("aiprod.serve").error("request %s failed", request.state.request_id, exc_info=error)
+        return _json(error_body(error, request.state.request_id), 500)
+
     @app.exception_handler(AiprodError)
     @app.exception_handler(RequestValidationError)
     @app.exception_handler(HTTPException)
@@ -638,16 +646,9 @@ def create_app(
         elif isinstance(error, HTTPException) and error.status_code == 400:  # FastAPI could not parse the body (not UTF-8)
             error = InvalidRequest(f"body: not valid JSON ({error.detail})", "body")
         elif isinstance(error, HTTPException):  # unknown path, wrong method: the status Starlette chose, in our shape
-            body = {"error": str(error.detail), "request_id": request.state.request_id}
-            return Response(json.dumps(body), error.status_code, headers=error.headers, media_type="application/json")
-        if status_of(error) == 500: logging.getLogger("aiprod.serve").error("request %s failed", request.state.request_id, exc_info=error)
-        return Response(json.dumps(error_body(error, request.state.request_id)), status_of(error),
-                        headers=getattr(error, "headers", None), media_type="application/json")
-
-    @app.exception_handler(Exception)
-    async def fault(request: Request, error: Exception):  # a bug of the service: logged, answered 500 without details
-        logging.getLogger("aiprod.serve").error("request %s failed", request.state.request_id, exc_info=error)
-        return _json(error_body(error, request.state.request_id), 500)
+            return _json({"error": str(error.detail), "request_id": request.state.request_id}, error.status_code, error.headers)
+        if status_of(error) == 500: return await fault(request, error)
+        return _json(error_body(error, request.state.request_id), status_of(error), getattr(error, "headers", None))
 
     @app.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=PREDICT_BODY, tags=["predict"])
     async def predict(request: Request, model: str | None = None, version: str | None = None):
