@@ -13,7 +13,7 @@ import numpy as np
 from .core import AiprodError, Registry, atomic_folder, config_from, inside
 from .data import ArrayDataset, normalization_stats, normalize
 from .loaders import BadItem, _array_inputs, _image_size, _object_array, _stack_images, image_pixels, read_image, read_wav
-from .text import Vocab, bert_encode, bert_tokenizer, choose_seq_len, clean_text, clean_texts, encode_splits
+from .text import Vocab, bert_encode, bert_tokenizer, choose_seq_len, clean_text, clean_texts, encode_splits, tokenize
 
 # %% auto #0
 __all__ = ['preprocessors', 'LUMA', 'TOKENIZERS', 'InputError', 'Preprocessor', 'load_preprocessor', 'preprocessor_for',
@@ -34,11 +34,14 @@ preprocessors = Registry("preprocessor kind")
 class Preprocessor:
     "Raw inputs → model inputs as training prepared them: fitted on the training split, saved with the model."
     kind: ClassVar[str] = ""  # "image", "text" or "audio"
+    summary_names: ClassVar[tuple[str, ...]] = ()  # what `summaries` measures of each input, for drift monitoring
 
     def fit(self, train: ArrayDataset) -> Preprocessor: raise NotImplementedError           # learn from the training split
     def transform(self, data: ArrayDataset) -> ArrayDataset: raise NotImplementedError      # a loaded split → a prepared split
     def read(self, item) -> Any: raise NotImplementedError                                  # one raw input → the loaded item
     def collate(self, loaded: list) -> np.ndarray | dict[str, np.ndarray]: raise NotImplementedError  # read items → a batch
+    def summaries(self, raw: list, loaded: list) -> dict[str, np.ndarray]: raise NotImplementedError  # of raw inputs and their read items
+    def split_summaries(self, data: ArrayDataset) -> dict[str, np.ndarray]: raise NotImplementedError   # of a raw split, as `summaries`
     @property
     def fitted(self) -> bool: raise NotImplementedError
     @property
@@ -118,6 +121,28 @@ def _item_pixels(item, size: tuple[int, int], channels: int) -> np.ndarray:
     if isinstance(item, (str, os.PathLike)): return read_image(item, size, channels)
     raise InputError(f"expected an image file path, bytes, a PIL image or an array, got {type(item).__name__}")
 
+def _raw_size(item) -> tuple[float, float]:
+    "Width and height of a raw image (a file, its bytes, a PIL image or an array) before any resizing; NaN when unknown."
+    from PIL import Image
+    if isinstance(item, np.ndarray):
+        if item.ndim == 2 or (item.ndim == 3 and item.shape[-1] in (1, 3, 4)): return float(item.shape[1]), float(item.shape[0])
+        return (float(item.shape[2]), float(item.shape[1])) if item.ndim == 3 else (math.nan, math.nan)
+    try:
+        if isinstance(item, Image.Image): return tuple(map(float, item.size))
+        with Image.open(io.BytesIO(item) if isinstance(item, (bytes, bytearray, memoryview)) else item) as image:
+            return tuple(map(float, image.size))  # the header only: nothing decoded
+    except Exception: return math.nan, math.nan
+
+def _pixel_summaries(x: np.ndarray, chunk: int = 4096) -> dict[str, np.ndarray]:
+    "Mean, std and sharpness (mean absolute difference of neighbouring pixels) of (n, channels, height, width) images in [0, 1]."
+    parts = []
+    for start in range(0, len(x), chunk):  # bounded memory on a whole training split
+        part = np.asarray(x[start:start + chunk], np.float32)
+        flat = part.reshape(len(part), -1)
+        edges = [np.abs(np.diff(part, axis=axis)).mean(axis=(1, 2, 3)) for axis in (2, 3) if part.shape[axis] > 1]
+        parts.append((flat.mean(1), flat.std(1), np.mean(edges, axis=0) if edges else np.zeros(len(part))))
+    return {name: np.concatenate([p[i] for p in parts]).astype(np.float64) for i, name in enumerate(("mean", "std", "sharpness"))}
+
 def _resized(x: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     "(channels, height, width) float32 pixels brought to `shape`: channels repeated or mixed, then resized bilinearly."
     from PIL import Image
@@ -137,6 +162,7 @@ class ImagePreprocessor(Preprocessor):
     mean: list[float] | None = None      # per channel, over the training images (learned by fit)
     std: list[float] | None = None       # per channel, over the training images, plus 1e-7 (learned by fit)
     kind: ClassVar[str] = "image"
+    summary_names: ClassVar[tuple[str, ...]] = ("width", "height", "mean", "std", "sharpness")
 
     def __post_init__(self):
         if self.size is not None: self.size = _image_size(self.size)
@@ -189,6 +215,17 @@ class ImagePreprocessor(Preprocessor):
             if x is not None and x.shape[1:] == self.shape: return self._normalized(x)
         return super().encode(items)
 
+    def summaries(self, raw: list, loaded: list[np.ndarray]) -> dict[str, np.ndarray]:
+        "Width and height as sent; mean, std and sharpness of the pixels the model sees (before normalisation)."
+        width, height = np.array([_raw_size(item) for item in raw], np.float64).reshape(-1, 2).T
+        return {"width": width, "height": height, **_pixel_summaries(np.stack(loaded))}
+
+    def split_summaries(self, data: ArrayDataset) -> dict[str, np.ndarray]:
+        "The same of a raw split: (n, channels, height, width) pixels in [0, 1], at the size they were loaded."
+        self._check_kind(data)
+        n, sides = len(data.x), np.asarray(data.x.shape[2:][::-1], np.float64)
+        return {"width": np.full(n, sides[0]), "height": np.full(n, sides[1]), **_pixel_summaries(data.x)}
+
     def collate(self, images: list[np.ndarray]) -> np.ndarray:
         "Read images → (n, channels, height, width) float32, normalised."
         return self._normalized(np.stack(images))
@@ -210,6 +247,7 @@ class TextPreprocessor(Preprocessor):
     seq_len: int | None = None    # words: tokens per text, enough for 95% of the training texts (learned by fit)
     vocab_size: int | None = None # tokens the vocabulary or the WordPiece tokenizer knows (learned by fit)
     kind: ClassVar[str] = "text"
+    summary_names: ClassVar[tuple[str, ...]] = ("length", "words", "unknown_share", "uppercase_share")
 
     def __post_init__(self):
         if self.tokenizer not in TOKENIZERS: raise AiprodError(f"tokenizer must be one of {TOKENIZERS}, got {self.tokenizer!r}")
@@ -252,6 +290,28 @@ class TextPreprocessor(Preprocessor):
         if self.tokenizer == "wordpiece": return bert_encode(self.wordpiece, texts, self.max_length)
         return self.vocab.encode(texts, self.seq_len)
 
+    def _word_counts(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        "Words per read text, and how many of them the tokenizer does not know as a whole (words: out of the vocabulary; WordPiece: cut into pieces)."
+        if self.tokenizer == "words":
+            tokens = [tokenize(t) for t in texts]
+            return np.array([len(t) for t in tokens]), np.array([sum(w not in self.vocab.ids for w in t) for t in tokens])
+        encoded = self.wordpiece(list(texts), add_special_tokens=False)
+        pieces = [np.bincount([w for w in encoded.word_ids(i) if w is not None]) for i in range(len(texts))]
+        return np.array([len(p) for p in pieces]), np.array([int((p > 1).sum()) for p in pieces])
+
+    def summaries(self, raw: list[str], loaded: list[str]) -> dict[str, np.ndarray]:
+        "Characters and share of capital letters as sent; words, and the share of them unknown to the tokenizer."
+        words, unknown = self._word_counts(loaded)
+        letters = np.array([sum(map(str.isalpha, t)) for t in raw], np.float64)
+        capitals = np.array([sum(map(str.isupper, t)) for t in raw], np.float64)
+        return {"length": np.array([len(t) for t in raw], np.float64), "words": words.astype(np.float64),
+                "unknown_share": unknown / np.maximum(words, 1), "uppercase_share": capitals / np.maximum(letters, 1)}
+
+    def split_summaries(self, data: ArrayDataset) -> dict[str, np.ndarray]:
+        "The same of a raw split of texts."
+        self._check_fitted()
+        return self.summaries([str(t) for t in data.x], [str(t) for t in self._cleaned(data).x])
+
     def lengths(self, texts: list[str]) -> list[int]:
         "Tokens each read text takes in `collate`'s batch before padding: its WordPiece tokens, or the fixed seq_len of words."
         self._check_fitted()
@@ -281,6 +341,7 @@ class AudioPreprocessor(Preprocessor):
     mean: list[float] | None = None # per feature, over the training split's real frames (learned by fit)
     std: list[float] | None = None  # per feature, over the training split's real frames (learned by fit)
     kind: ClassVar[str] = "audio"
+    summary_names: ClassVar[tuple[str, ...]] = ("duration", "rms", "zero_crossing_rate")
 
     def __post_init__(self):
         from aiprod import audio  # SciPy's signal processing: only where sounds are prepared
@@ -328,6 +389,17 @@ class AudioPreprocessor(Preprocessor):
         from scipy.signal import resample_poly
         common = math.gcd(rate, self.sample_rate)
         return resample_poly(wave, self.sample_rate // common, rate // common).astype(np.float32)
+
+    def summaries(self, raw: list, loaded: list[np.ndarray]) -> dict[str, np.ndarray]:
+        "Seconds, root mean square and the share of samples where the sign flips, of each recording at the model's rate."
+        rows = [(len(w) / self.sample_rate, float(np.sqrt(np.mean(np.square(w, dtype=np.float64)))) if len(w) else 0.0,
+                 float(np.mean(np.signbit(w[1:]) != np.signbit(w[:-1]))) if len(w) > 1 else 0.0) for w in loaded]
+        return dict(zip(self.summary_names, np.array(rows, np.float64).reshape(-1, 3).T))
+
+    def split_summaries(self, data: ArrayDataset) -> dict[str, np.ndarray]:
+        "The same of a raw split of waveforms (at the rate the preprocessor was fitted at)."
+        self._check_fitted(); self._check_kind(data)
+        return self.summaries(list(data.x), list(data.x))
 
     def collate(self, waves: list[np.ndarray]) -> np.ndarray:
         "Waveforms at the model's rate → (n, frames, n_features) float32."
