@@ -122,6 +122,13 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-inputs", type=above_zero(int), default=256, help="most inputs per request; beyond it, 413 (default: 256)")
     serve.add_argument("--access-log", default="-", metavar="FILE", help="JSON lines, one per request, to this file (default: - for "
                        "standard output; 'off': none). The API key comes from AIPROD_API_KEY or AIPROD_API_KEY_FILE, never an option")
+    serve.add_argument("--log-dir", metavar="DIR", help="log every prediction (JSON lines: input summaries, label, probabilities, latency) "
+                       "and take true labels on POST /feedback, in this folder, for `aiprod monitor` (default: no log)")
+    serve.add_argument("--log-inputs", action="store_true", help="also log the raw inputs (texts, base64 files), e.g. to retrain on them "
+                       "with their feedback; off by default: inputs may be personal data")
+    serve.add_argument("--log-max-mb", type=above_zero(float), default=64.0, help="rotate and gzip a log file past this size (default: 64)")
+    serve.add_argument("--drift-window", type=above_zero(int), default=1000, help="latest predictions the drift gauges of /metrics "
+                       "compare with the bundle's reference (default: 1000)")
     return main
 
 # %% ../nbs/09_cli.ipynb #165f95da
@@ -225,9 +232,11 @@ def optimize_command(args) -> int:
 
 def serve_command(args) -> int:
     "`aiprod serve`: check every bundle, then serve them until SIGTERM or Ctrl-C."
-    from aiprod.serve import Limits, serve  # FastAPI and uvicorn: imported only by this command
+    from aiprod.serve import Limits, Monitoring, serve  # FastAPI and uvicorn: imported only by this command
     limits = Limits(args.max_batch_size, args.max_wait_ms, args.max_queue, args.timeout, args.max_body_mb, args.max_inputs)
-    serve(args.bundles, args.host, args.port, args.workers, limits, None if args.access_log == "off" else args.access_log, args.threads)
+    monitoring = Monitoring(args.log_dir, args.log_inputs, args.log_max_mb, args.drift_window)
+    serve(args.bundles, args.host, args.port, args.workers, limits, None if args.access_log == "off" else args.access_log,
+          args.threads, monitoring)
     return 0
 
 def predict_command(args) -> int:

@@ -12,6 +12,7 @@ import numpy as np
 from .core import AiprodError, UnknownNameError, atomic_folder, atomic_write, escape_markdown
 from .data import ArrayDataset
 from .download import sha256_file
+from .drift import REFERENCE
 from .predict import MANIFEST, SCHEMA_VERSION, load, read_manifest
 from .preprocess import Preprocessor, load_preprocessor
 from .report import list_runs, read_json
@@ -118,7 +119,8 @@ def bundle_manifest(folder: Path, record: dict, prep: Preprocessor, settings: di
             "input": input_signature(prep), "preprocessing": settings, "recipe": training.get("recipe", {}),
             "params": record["params"],
             "metrics": {**record.get("metrics", {}), **{k: evaluation[k] for k in ("accuracy", "f1_macro", "ece") if k in evaluation}},
-            "data_fingerprint": record["data"].get("fingerprint"), "source_run": record["run_id"],
+            "data_fingerprint": record["data"].get("fingerprint"),
+            "split_fingerprints": {k: v.get("fingerprint") for k, v in record["data"]["splits"].items()}, "source_run": record["run_id"],
             "report": str((folder / "report.html").resolve()), "git_commit": (record.get("environment") or {}).get("git_commit"),
             "packages": _packages(record)}
     if variant:
@@ -208,13 +210,16 @@ def model_card_html(markdown: str, title: str) -> str:
 
 # %% ../nbs/06a_export.ipynb #1fc6cd70
 def _copy_files(folder: Path, out: Path, manifest: dict, variant: dict | None):
-    "Copy the weights (the variant's model file, for a variant), the preprocessing files, the input example and (BERT) the encoder's config into `out`."
+    "Copy the weights (the variant's model file, for a variant), the preprocessing files, the input example, the drift reference and (BERT) the encoder's config into `out`."
     model_file = Path(variant["path"]) if variant else folder / manifest["model"]["file"]
     shutil.copy2(model_file, out / manifest["model"]["file"])
     shutil.copytree(folder / "preprocessing", out / "preprocessing")
     example = sorted(folder.glob("input_example.*"))[0]
     shutil.copy2(example, out / example.name)
     manifest["input"]["example"] = example.name
+    if (folder / REFERENCE).exists():  # runs made before monitoring have none: their bundles cannot be monitored for drift
+        shutil.copy2(folder / REFERENCE, out / REFERENCE)
+        manifest["reference"] = REFERENCE
     if manifest["model"]["name"] == "bert":
         from aiprod.text import default_bert_path
         (out / "bert").mkdir()

@@ -4,11 +4,12 @@
 
 # %% ../nbs/06c_serve.ipynb #07c824dd
 from __future__ import annotations
-import asyncio, base64, binascii, hmac, json, logging, logging.handlers, math, os, queue, re, signal, socket, sys, tempfile, threading, time, uuid
-from collections import deque
+import asyncio, base64, binascii, gzip, hmac, json, logging, logging.handlers, math, os, queue, re, signal, socket, sys, tempfile, threading, time, uuid
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +23,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
 from . import __version__
-from .core import AiprodError
+from .core import AiprodError, atomic_write
+from .drift import drift_share, drift_table, read_reference
 from .predict import Predictor, load, softmax
 from .preprocess import InputError
 
 # %% auto #0
 __all__ = ['STATUSES', 'SECONDS', 'SIZES', 'CONFIDENCE', 'DATA_URL', 'TOKENS_PER_PASS', 'ERRORS', 'PREDICT_BODY', 'V2_TYPES',
-           'OPEN_PATHS', 'REQUEST_ID', 'draining', 'ServiceError', 'InvalidRequest', 'TooLarge', 'Unauthorized',
-           'NotFound', 'UnsupportedMediaType', 'Unavailable', 'DeadlineExceeded', 'status_of', 'error_body', 'Limits',
-           'api_key_from_environment', 'key_matches', 'Metrics', 'raw_input', 'Pending', 'length_groups', 'ServedModel',
-           'PredictRequest', 'Prediction', 'PredictResponse', 'ErrorResponse', 'MetadataTensor', 'InferTensor',
-           'RequestedOutput', 'InferRequest', 'InferResponse', 'ModelMetadata', 'validation_error', 'predict_inputs',
-           'tensor_inputs', 'Gate', 'respond', 'access_logger', 'Service', 'make_service', 'create_app', 'Server',
-           'load_bundles', 'app_from_environment', 'serve']
+           'OPEN_PATHS', 'PREDICTION_PATH', 'REQUEST_ID', 'draining', 'LOG_QUEUE', 'RECENT', 'ServiceError',
+           'InvalidRequest', 'TooLarge', 'Unauthorized', 'NotFound', 'UnsupportedMediaType', 'Unavailable',
+           'DeadlineExceeded', 'status_of', 'error_body', 'Limits', 'Monitoring', 'api_key_from_environment',
+           'key_matches', 'Metrics', 'raw_input', 'Pending', 'length_groups', 'ServedModel', 'PredictRequest',
+           'Prediction', 'PredictResponse', 'ErrorResponse', 'FeedbackRequest', 'Feedback', 'MetadataTensor',
+           'InferTensor', 'RequestedOutput', 'InferRequest', 'InferResponse', 'ModelMetadata', 'validation_error',
+           'predict_inputs', 'tensor_inputs', 'Gate', 'respond', 'access_logger', 'log_files', 'PredictionLog',
+           'DriftWatch', 'watch_drift', 'Service', 'make_service', 'create_app', 'Server', 'load_bundles',
+           'app_from_environment', 'serve']
 
 # %% ../nbs/06c_serve.ipynb #dc9d9de5
 class ServiceError(AiprodError):
@@ -86,6 +90,21 @@ class Limits:
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (value == 0 and name != "max_wait_ms"):
                 raise AiprodError(f"{name} must be a number above 0{' (or 0)' if name == 'max_wait_ms' else ''}, got {value!r}")
 
+# %% ../nbs/06c_serve.ipynb #b0a10001
+@dataclass
+class Monitoring:
+    "What the service records of its predictions, for `aiprod monitor` and the drift gauges of /metrics."
+    log_dir: str | None = None    # JSON lines of every prediction and feedback label in this folder; None: no log
+    log_inputs: bool = False      # also log each raw input (texts, base64 files): personal data a log must not keep by default
+    log_max_mb: float = 64.0      # a prediction log file past this size is rotated and gzipped
+    drift_window: int = 1000      # the latest predictions the drift gauges compare against the bundle's reference
+    drift_every_s: float = 10.0   # seconds between two scorings of the drift gauges
+
+    def __post_init__(self):
+        if not isinstance(self.drift_window, int) or self.drift_window < 10: raise AiprodError(f"drift_window must be a whole number of at least 10, got {self.drift_window!r}")
+        for name in ("log_max_mb", "drift_every_s"):
+            if not isinstance(getattr(self, name), (int, float)) or not getattr(self, name) > 0: raise AiprodError(f"{name} must be a number above 0, got {getattr(self, name)!r}")
+
 # %% ../nbs/06c_serve.ipynb #b306cbb2
 def api_key_from_environment(environ: dict | None = None) -> bytes | None:
     "The key clients must send, from AIPROD_API_KEY_FILE or AIPROD_API_KEY; None when neither is set."
@@ -121,6 +140,16 @@ class Metrics:
         self.confidence = prom.Histogram("aiprod_prediction_confidence", "Probability of the predicted class", ["model", "version"], buckets=CONFIDENCE, registry=r)
         self.model_info = prom.Gauge("aiprod_model_info", "Models served (value 1): name, version, the run that trained it, framework",
                                      ["model", "version", "run", "framework"], registry=r, multiprocess_mode="max")
+        self.log_lines = prom.Counter("aiprod_prediction_log_lines", "Lines written to the prediction log (--log-dir)", registry=r)
+        self.log_dropped = prom.Counter("aiprod_prediction_log_dropped", "Prediction log lines dropped: the writer's queue was full", registry=r)
+        self.feedback = prom.Counter("aiprod_feedback", "True labels received on /feedback", ["model", "version"], registry=r)
+        self.drift_score = prom.Gauge("aiprod_drift_score", "Drift score of an input feature, the confidence or the predicted class over "
+                                      "the latest predictions (KS p-value, normed Wasserstein, chi-square p-value or Jensen-Shannon distance)",
+                                      ["model", "version", "feature", "method"], registry=r, multiprocess_mode="liveall")
+        self.drift_detected = prom.Gauge("aiprod_drift_detected", "1 when the feature's drift score crosses its threshold",
+                                         ["model", "version", "feature"], registry=r, multiprocess_mode="max")
+        self.drifted_share = prom.Gauge("aiprod_drifted_share", "Share of the input features drifted over the latest predictions",
+                                        ["model", "version"], registry=r, multiprocess_mode="max")
 
     def exposition(self) -> bytes:
         "The metrics in Prometheus's text format; every worker's, added up, in multiprocess mode."
@@ -187,6 +216,8 @@ class ServedModel:
         self.name, self.version = manifest["name"], str(manifest.get("version") or "1")
         self.queue: deque[Pending] = deque()
         self.queued, self.ready, self.failed = 0, False, None  # inputs waiting; warmed up; why warm-up failed
+        self.log: PredictionLog | None = None  # set by the service when it logs predictions
+        self.drift: DriftWatch | None = None   # set by the service when the bundle has a drift reference
         self._dynamic = predictor.kind == "text" and getattr(predictor.preprocessor, "tokenizer", "") == "wordpiece"
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"aiprod-{self.name}")
         self._wake, self._task = None, None
@@ -220,8 +251,11 @@ class ServedModel:
         for n in (1, self.limits.max_batch_size):
             self._run([Pending([example] * n, "warm-up", math.inf, None)], observe=False)
 
-    async def predict(self, items: list, field: str, names: list | None = None) -> tuple[np.ndarray, int]:
-        "Class probabilities of `items`, and the size of the batch that carried them; they wait in the queue for it."
+    @property
+    def summarize(self) -> bool: return bool(self.log or self.drift)  # the inputs' summaries are wanted
+
+    async def predict(self, items: list, field: str, names: list | None = None) -> tuple[np.ndarray, int, dict | None]:
+        "Class probabilities of `items`, the size of the batch that carried them and the inputs' summaries; they wait in the queue for it."
         if not self.ready: raise Unavailable(f"model {self.name} {self.version} is not ready yet: {self.failed or 'warming up'}",
                                              headers={"Retry-After": "1"})
         if self.queued + len(items) > self.limits.max_queue:
@@ -271,21 +305,21 @@ class ServedModel:
         self.metrics.queue_depth.labels(self.name).set(self.queued)
         return group
 
-    def _read(self, pending: Pending) -> list:
-        "The request's inputs as the preprocessor reads them; the first that cannot be read is an error naming it."
-        kind, loaded = self.predictor.kind, []
+    def _read(self, pending: Pending) -> tuple[list, dict | None]:
+        "The request's inputs as the preprocessor reads them, and their summaries; the first that cannot be read is an error naming it."
+        kind, prep, raw, loaded = self.predictor.kind, self.predictor.preprocessor, [], []
         for index, value in enumerate(pending.items):
-            try: loaded.append(self.predictor.preprocessor.read(raw_input(value, kind)))
+            try: raw.append(raw_input(value, kind)); loaded.append(prep.read(raw[-1]))
             except InputError as e:
                 name = f" ({pending.names[index]})" if pending.names else ""
                 raise InvalidRequest(f"{pending.field}[{index}]{name}: {e.reason}", pending.field, index) from e
-        return loaded
+        return loaded, prep.summaries(raw, loaded) if self.summarize and pending.future is not None else None  # none for warm-up
 
     def _run(self, group: list[Pending], observe: bool = True) -> list:
         "In the model's thread: read every request's inputs, run the forward passes, split the probabilities back."
-        start, outcomes, loaded, owners = time.perf_counter(), [None] * len(group), [], []
+        start, outcomes, loaded, owners, summaries = time.perf_counter(), [None] * len(group), [], [], {}
         for g, pending in enumerate(group):
-            try: items = self._read(pending)
+            try: items, summaries[g] = self._read(pending)
             except InvalidRequest as e: outcomes[g] = e; continue
             loaded += items; owners += [g] * len(items)
         if not loaded: return outcomes
@@ -297,7 +331,20 @@ class ServedModel:
             probs[chunk] = softmax(self.predictor.forward(prep.collate([loaded[i] for i in chunk])))
         if observe: self._observe(probs, [len(chunk) for chunk in passes], time.perf_counter() - start)
         owners = np.asarray(owners)
-        return [outcome or (probs[owners == g], len(loaded)) for g, outcome in enumerate(outcomes)]
+        return [outcome or (probs[owners == g], len(loaded), summaries[g]) for g, outcome in enumerate(outcomes)]
+
+    def record(self, request_id: str, items: list, probs: np.ndarray, summaries: dict | None, start: float):
+        "Add a request's predictions to the drift window, and log one line per input (in the event loop: a few µs each)."
+        if self.drift: self.drift.add(summaries, probs)
+        if not self.log: return
+        self.log.note(request_id, self, len(items))
+        now, latency, top = _utc(time.time()), round((time.perf_counter() - start) * 1000, 3), probs.argmax(1).tolist()
+        for i, k in enumerate(top):
+            line = {"time": now, "request_id": request_id, "index": i, "model": self.name, "version": self.version, "status": 200,
+                    "latency_ms": latency, "label": self.predictor.classes[k], "probability": probs[i, k], "probabilities": probs[i],
+                    "summary": {name: round(float(values[i]), 6) for name, values in summaries.items()}}
+            if self.log.inputs: line["input"] = items[i]
+            self.log.put("predictions", line)
 
     def _observe(self, probs: np.ndarray, sizes: list[int], seconds: float):
         m, name = self.metrics, self.name
@@ -333,6 +380,17 @@ class ErrorResponse(BaseModel):
     field: str | None = Field(None, description="where in the request: inputs, file, inputs[0].data, model, body ...")
     index: int | None = Field(None, description="which input, counted from 0")
     request_id: str | None = None
+
+class FeedbackRequest(BaseModel):
+    "The JSON body of /feedback: the true label of an input the service predicted."
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"request_id": "5f1c2a…", "label": "7"}]})
+    request_id: str = Field(min_length=1, max_length=64, description="the request id of the prediction (its X-Request-ID)")
+    label: str = Field(description="the true class of the input")
+    index: int = Field(0, ge=0, description="which input of the request, counted from 0")
+
+class Feedback(FeedbackRequest):
+    model: str
+    version: str
 
 class MetadataTensor(BaseModel):
     name: str
@@ -447,6 +505,7 @@ def tensor_inputs(tensor: InferTensor, kind: str, limits: Limits) -> list:
 
 # %% ../nbs/06c_serve.ipynb #6fb546c1
 OPEN_PATHS = {"/livez", "/readyz", "/v2/health/live", "/v2/health/ready", "/metrics"}  # answered without an API key: probes and scrapes
+PREDICTION_PATH = re.compile(r"^/predict$|^/v2/models/.+/infer$")  # requests whose failures the prediction log records
 REQUEST_ID = re.compile(r"^[\w.:-]{1,64}$")
 draining = threading.Event()  # set in a server process when it is told to stop (SIGTERM, Ctrl-C)
 
@@ -469,7 +528,7 @@ class Gate:
         sent_id = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = sent_id if REQUEST_ID.match(sent_id) else uuid.uuid4().hex
         state = scope.setdefault("state", {})
-        state["request_id"], status = request_id, 500
+        state["request_id"], state["start"], status = request_id, start, 500
 
         async def send_with_id(message):
             nonlocal status
@@ -481,7 +540,7 @@ class Gate:
         service.metrics.in_flight.inc()
         try:
             refusal = self.refusal(scope["path"], headers)
-            if refusal: await respond(send_with_id, refusal, request_id)
+            if refusal: state["error"] = str(refusal); await respond(send_with_id, refusal, request_id)
             else: await self.app(scope, self.counted(receive), send_with_id)
         finally:
             service.metrics.in_flight.dec()
@@ -495,6 +554,10 @@ class Gate:
                     "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "request_id": request_id, "method": scope["method"],
                     "path": scope["path"], "status": status, "latency_ms": round(seconds * 1000, 3),
                     **{k: state[k] for k in ("model", "version", "inputs", "batch_size") if k in state}}))
+            if service.log and status >= 400 and PREDICTION_PATH.match(scope["path"]):
+                service.log.put("predictions", {"time": _utc(time.time()), "request_id": request_id, "model": state.get("model"),
+                                                "version": state.get("version"), "status": status, "latency_ms": round(seconds * 1000, 3),
+                                                "error": state.get("error")})
 
     def refusal(self, path: str, headers: dict) -> ServiceError | None:
         "Why the request is refused before any route runs, if it is."
@@ -542,6 +605,148 @@ def access_logger(path: str | None) -> logging.Logger | None:
     logger.setLevel(logging.INFO)
     return logger
 
+# %% ../nbs/06c_serve.ipynb #c0a10002
+LOG_QUEUE = 10_000  # lines waiting for the log's writer; past it, lines are dropped (counted) so requests never wait on the disk
+RECENT = 100_000    # request ids the service remembers for /feedback; older ones are looked up in the log files
+
+def _utc(seconds: float) -> str:
+    "ISO 8601 time in UTC, to the microsecond: 2026-12-02T15:19:08.123456Z."
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+def _plain(value):
+    "JSON of what the writer meets beyond JSON's types: probabilities as 6-digit floats, files sent as base64."
+    if isinstance(value, np.ndarray): return np.round(value.astype(np.float64), 6).tolist()
+    if isinstance(value, np.generic): return round(value.item(), 6)
+    if isinstance(value, (bytes, bytearray, memoryview)): return base64.b64encode(value).decode()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+def log_files(
+    folder: str | Path,           # a --log-dir
+    prefix: str = "predictions",  # "predictions" or "feedback"
+) -> list[Path]:
+    "The log's files: rotated `.jsonl.gz` ones and those being written; a rotated file still being compressed counts once."
+    folder = Path(folder)
+    packed = sorted(folder.glob(f"{prefix}-*.jsonl.gz"))
+    return packed + sorted(p for p in folder.glob(f"{prefix}-*.jsonl") if p.with_name(p.name + ".gz") not in packed)
+
+def _gzip(path: Path):
+    "Compress a rotated file into `path`.gz, then remove it; a reader meets one or the other whole."
+    with atomic_write(path.with_name(path.name + ".gz"), "wb") as out, open(path, "rb") as src, gzip.open(out, "wb") as zipped:
+        shutil.copyfileobj(src, zipped, 1 << 20)
+    path.unlink()
+
+class PredictionLog:
+    "JSON lines of predictions and feedback in a folder, written by a thread of its own from a bounded queue; rotated by size, gzipped."
+    def __init__(self, monitoring: Monitoring, metrics: Metrics, max_queue: int = LOG_QUEUE):
+        self.folder, self.inputs, self.metrics = Path(monitoring.log_dir), monitoring.log_inputs, metrics
+        self.max_bytes = int(monitoring.log_max_mb * 1024 * 1024)
+        (self.folder / "models").mkdir(parents=True, exist_ok=True)
+        host = re.sub(r"[^\w.-]", "_", socket.gethostname())
+        self.name = f"{host}-{os.getpid()}"  # one file per server process: workers and replicas never share one
+        self.lines: queue.Queue = queue.Queue(max_queue)
+        self.recent: OrderedDict[str, tuple[str, str, int]] = OrderedDict()  # request id → model, version, inputs
+        self._thread = threading.Thread(target=self._write, name="aiprod-prediction-log", daemon=True)
+        self._thread.start()
+
+    def describe(self, served: ServedModel):
+        "Write `models/NAME-VERSION.json`: the classes (and bundle) that readers of the log check labels against."
+        with atomic_write(self.folder / "models" / f"{served.name}-{served.version}.json") as f:
+            json.dump({"name": served.name, "version": served.version, "classes": served.predictor.classes,
+                       "kind": served.predictor.kind, "bundle": str(Path(served.predictor.folder).resolve())}, f, ensure_ascii=False)
+
+    def put(self, kind: str, line: dict | None):
+        "Queue a line for the `kind` file (predictions, feedback); None closes the log. A full queue drops the line, counted."
+        try: self.lines.put_nowait((kind, line))
+        except queue.Full: self.metrics.log_dropped.inc()
+
+    def close(self):
+        "Write what is queued, then stop the writer."
+        self.lines.put(("", None)); self._thread.join()
+
+    def _write(self):
+        files = {}
+        try:
+            while True:
+                batch = [self.lines.get()]
+                while len(batch) < 1024 and not self.lines.empty(): batch.append(self.lines.get_nowait())
+                texts = {}
+                for kind, line in batch:
+                    if line is not None: texts.setdefault(kind, []).append(json.dumps(line, ensure_ascii=False, default=_plain) + "\n")
+                for kind, lines in texts.items():
+                    if kind not in files: files[kind] = open(self.folder / f"{kind}-{self.name}.jsonl", "a", encoding="utf-8")
+                    files[kind].write("".join(lines)); files[kind].flush()  # in the OS's hands: a killed process keeps it
+                    self.metrics.log_lines.inc(len(lines))
+                if "predictions" in files and files["predictions"].tell() >= self.max_bytes: files.pop("predictions").close(); self._rotate()
+                if batch[-1][1] is None: return
+        except Exception: logging.getLogger("aiprod.serve").exception("the prediction log stopped: %s", self.folder)
+        finally:
+            for f in files.values(): f.close()
+
+    def _rotate(self):
+        current = self.folder / f"predictions-{self.name}.jsonl"
+        rotated = current.with_name(f"predictions-{self.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}.jsonl")
+        current.rename(rotated)
+        _gzip(rotated)
+
+    def note(self, request_id: str, served: ServedModel, inputs: int):
+        "Remember a request answered, for /feedback."
+        self.recent[request_id] = (served.name, served.version, inputs)
+        if len(self.recent) > RECENT: self.recent.popitem(last=False)
+
+    def find(self, request_id: str) -> tuple[str, str, int] | None:
+        "Model, version and number of inputs of the request `request_id`: remembered, or read from the log files (slow: in a thread)."
+        if request_id in self.recent: return self.recent[request_id]
+        needle, found = json.dumps(request_id), None
+        for path in log_files(self.folder):
+            with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")) as f:
+                for text in f:
+                    if needle not in text: continue
+                    try: line = json.loads(text)
+                    except json.JSONDecodeError: continue  # cut short by a kill
+                    if line.get("request_id") == request_id and "index" in line:
+                        found = (line["model"], line["version"], max(line["index"] + 1, found[2] if found else 0))
+        return found
+
+# %% ../nbs/06c_serve.ipynb #c0a10004
+class DriftWatch:
+    "A model's latest predictions, and their drift against its bundle's reference, for /metrics."
+    def __init__(self, served: ServedModel, reference: dict, window: int):
+        self.served, self.reference = served, reference
+        self.features = {name: deque(maxlen=window) for name in reference["features"]}
+        self.labels, self.confidence = deque(maxlen=window), deque(maxlen=window)
+        self.added = self.scored = 0
+
+    def add(self, summaries: dict[str, np.ndarray], probs: np.ndarray):
+        "Add a request's predictions to the window (in the event loop)."
+        for name, values in self.features.items(): values.extend(summaries.get(name, ()))
+        top = probs.argmax(1)
+        self.labels.extend(self.served.predictor.classes[k] for k in top.tolist())
+        self.confidence.extend(probs[np.arange(len(probs)), top].tolist())
+        self.added += len(probs)
+
+    def score(self) -> list[dict] | None:
+        "Score the window and set the gauges, if predictions came since the last time (in a thread)."
+        if self.added == self.scored or len(self.labels) < 10: return None
+        self.scored = self.added
+        rows = drift_table(self.reference, {k: np.array(v, np.float64) for k, v in self.features.items()},
+                           list(self.labels), np.array(self.confidence))
+        m, name, version = self.served.metrics, self.served.name, self.served.version
+        for row in rows:
+            m.drift_score.labels(name, version, row["feature"], row["method"]).set(row["score"])
+            m.drift_detected.labels(name, version, row["feature"]).set(float(row["drifted"]))
+        m.drifted_share.labels(name, version).set(drift_share(rows))
+        return rows
+
+async def watch_drift(service: Service):
+    "Score every model's drift window every `drift_every_s` seconds, in a thread, until cancelled."
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(service.monitoring.drift_every_s)
+        for served in service.all():
+            if served.drift:
+                try: await loop.run_in_executor(None, served.drift.score)
+                except Exception: logging.getLogger("aiprod.serve").exception("%s %s: drift scoring failed", served.name, served.version)
+
 # %% ../nbs/06c_serve.ipynb #59cfa6b7
 def _version_key(version: str):
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"[.\-]", version)]
@@ -554,6 +759,8 @@ class Service:
     metrics: Metrics
     api_key: bytes | None = None
     access_log: logging.Logger | None = None
+    monitoring: Monitoring = field(default_factory=Monitoring)
+    log: PredictionLog | None = None
 
     @property
     def max_body(self) -> int: return int(self.limits.max_body_mb * 1024 * 1024)
@@ -585,10 +792,19 @@ class Service:
                             {"name": "label", "datatype": "BYTES", "shape": [-1]}],
                 "parameters": {"kind": kind, "classes": served.predictor.classes}}
 
+def _watch(served: ServedModel, window: int) -> DriftWatch | None:
+    "The model's drift window, if its bundle keeps a reference (bundles of runs made before monitoring do not)."
+    manifest = served.predictor.manifest
+    if not manifest.get("reference"):
+        logging.getLogger("aiprod.serve").warning("%s %s: the bundle has no drift reference, so /metrics has no drift gauges for it "
+                                                  "(export it again from a run made by this aiprod)", served.name, served.version)
+        return None
+    return DriftWatch(served, read_reference(served.predictor.folder), window)
+
 def make_service(predictors: list[Predictor], limits: Limits | None = None, api_key: bytes | None = None,
-                 access_log: logging.Logger | None = None) -> Service:
+                 access_log: logging.Logger | None = None, monitoring: Monitoring | None = None) -> Service:
     "The service of `predictors`; two bundles of the same name and version are an error naming both."
-    limits, metrics, models = limits or Limits(), Metrics(), {}
+    limits, metrics, models, monitoring = limits or Limits(), Metrics(), {}, monitoring or Monitoring()
     for predictor in predictors:
         served = ServedModel(predictor, limits, metrics)
         if served.version in models.get(served.name, {}):
@@ -596,7 +812,11 @@ def make_service(predictors: list[Predictor], limits: Limits | None = None, api_
                               f"{models[served.name][served.version].predictor.folder}: export it with another --name or --version")
         models.setdefault(served.name, {})[served.version] = served
     if not models: raise AiprodError("no bundles to serve")
-    return Service(models, limits, metrics, api_key, access_log)
+    log = PredictionLog(monitoring, metrics) if monitoring.log_dir else None
+    for served in (m for versions in models.values() for m in versions.values()):
+        served.log, served.drift = log, _watch(served, monitoring.drift_window)
+        if log: log.describe(served)
+    return Service(models, limits, metrics, api_key, access_log, monitoring, log)
 
 # %% ../nbs/06c_serve.ipynb #f6ac2849
 def _json(body: dict, status: int = 200, headers: dict | None = None) -> Response:
@@ -606,11 +826,18 @@ def _rows(classes: list[str], probs: np.ndarray) -> list[dict]:
     return [{"label": classes[k], "probability": row[k], "probabilities": dict(zip(classes, row))}
             for k, row in zip(probs.argmax(1).tolist(), probs.tolist())]
 
+def _served(request: Request, service: Service, name: str | None, version: str | None = None) -> ServedModel:
+    "The model a request names, noted for the access and prediction logs."
+    served = service.model(name, version)
+    request.state.model, request.state.version = served.name, served.version
+    return served
+
 async def _predict(request: Request, served: ServedModel, items: list, field_: str, names: list | None = None) -> np.ndarray:
-    "Probabilities of the request's inputs, noting model, version and batch size for the access log."
+    "Probabilities of the request's inputs, noting the inputs and batch size for the access log, recorded for monitoring."
     state = request.state
-    state.model, state.version, state.inputs = served.name, served.version, len(items)
-    probs, state.batch_size = await served.predict(items, field_, names)
+    state.inputs = len(items)
+    probs, state.batch_size, summaries = await served.predict(items, field_, names)
+    served.record(state.request_id, items, probs, summaries, state.start)
     return probs
 
 def create_app(
@@ -620,10 +847,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app):
         _drain_on_signals()
-        warming = [asyncio.create_task(m.start()) for m in service.all()]  # /livez answers while they warm up
+        tasks = [asyncio.create_task(m.start()) for m in service.all()]  # /livez answers while they warm up
+        tasks.append(asyncio.create_task(watch_drift(service)))
         yield
-        for task in warming: task.cancel()
+        for task in tasks: task.cancel()
         for m in service.all(): await m.stop()
+        if service.log: await asyncio.get_running_loop().run_in_executor(None, service.log.close)
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
             from prometheus_client import multiprocess
             multiprocess.mark_process_dead(os.getpid())
@@ -636,6 +865,7 @@ def create_app(
     @app.exception_handler(Exception)
     async def fault(request: Request, error: Exception):  # a bug of the service: logged, answered 500 without details
         logging.getLogger("aiprod.serve").error("request %s failed", request.state.request_id, exc_info=error)
+        request.state.error = "internal error"
         return _json(error_body(error, request.state.request_id), 500)
 
     @app.exception_handler(AiprodError)
@@ -648,12 +878,13 @@ def create_app(
         elif isinstance(error, HTTPException):  # unknown path, wrong method: the status Starlette chose, in our shape
             return _json({"error": str(error.detail), "request_id": request.state.request_id}, error.status_code, error.headers)
         if status_of(error) == 500: return await fault(request, error)
+        request.state.error = str(error)
         return _json(error_body(error, request.state.request_id), status_of(error), getattr(error, "headers", None))
 
     @app.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=PREDICT_BODY, tags=["predict"])
     async def predict(request: Request, model: str | None = None, version: str | None = None):
         "Predict the inputs of a JSON body or the files of a form: each one's label, its probability and every class's."
-        served = service.model(model, version)
+        served = _served(request, service, model, version)
         items, field_, names = await predict_inputs(request, service.limits)
         probs = await _predict(request, served, items, field_, names)
         return _json({"model": served.name, "version": served.version, "request_id": request.state.request_id,
@@ -722,12 +953,30 @@ def create_app(
     @app.post("/v2/models/{name}/infer", response_model=InferResponse, responses=ERRORS, tags=["v2"])
     async def v2_infer(request: Request, body: InferRequest, name: str):
         "The open inference protocol's inference: one input tensor; outputs `probabilities` (FP32) and `label` (BYTES)."
-        return await infer(request, body, service.model(name))
+        return await infer(request, body, _served(request, service, name))
 
     @app.post("/v2/models/{name}/versions/{version}/infer", response_model=InferResponse, responses=ERRORS, tags=["v2"])
     async def v2_version_infer(request: Request, body: InferRequest, name: str, version: str):
         "The same, of one version of the model."
-        return await infer(request, body, service.model(name, version))
+        return await infer(request, body, _served(request, service, name, version))
+
+    if service.log:
+        @app.post("/feedback", status_code=201, response_model=Feedback, responses=ERRORS, tags=["feedback"])
+        async def feedback(request: Request, body: FeedbackRequest):
+            "Record the true label of an input the service predicted (written to the prediction log's folder)."
+            found = await asyncio.get_running_loop().run_in_executor(None, service.log.find, body.request_id)
+            if not found: raise InvalidRequest(f"request_id: no prediction of request {body.request_id!r} in {service.log.folder}", "request_id")
+            name, version, inputs = found
+            if body.index >= inputs:
+                raise InvalidRequest(f"index: request {body.request_id!r} had {inputs} input{'s' * (inputs > 1)}: "
+                                     f"index {body.index} is not one of them", "index")
+            classes = json.loads((service.log.folder / "models" / f"{name}-{version}.json").read_text(encoding="utf-8"))["classes"]
+            if body.label not in classes:
+                raise InvalidRequest(f"label: {body.label!r} is not a class of {name} {version}; classes: {', '.join(classes)}", "label")
+            line = {"time": _utc(time.time()), **body.model_dump(), "model": name, "version": version, "source": "api"}
+            service.log.put("feedback", line)
+            service.metrics.feedback.labels(name, version).inc()
+            return _json({k: line[k] for k in Feedback.model_fields}, 201)
 
     app.add_middleware(Gate, service=service)
     return app
@@ -768,7 +1017,7 @@ def app_from_environment() -> FastAPI:
     "The app of a worker process that `serve` started: its bundles and settings come in AIPROD_SERVE."
     settings = json.loads(os.environ["AIPROD_SERVE"])
     service = make_service(load_bundles(settings["bundles"], settings["threads"], settings["workers"]), Limits(**settings["limits"]),
-                           api_key_from_environment(), access_logger(settings["access_log"]))
+                           api_key_from_environment(), access_logger(settings["access_log"]), Monitoring(**settings["monitoring"]))
     return create_app(service)
 
 def serve(
@@ -779,18 +1028,21 @@ def serve(
     limits: Limits | None = None,
     access_log: str | None = "-",# JSON lines to this file; '-': standard output; None: none
     threads: int | None = None,  # threads of the forward passes per process (see `load_bundles`)
+    monitoring: Monitoring | None = None, # the prediction log and the drift gauges
 ):
     "Serve the bundles until SIGTERM or Ctrl-C; a bad bundle or API key file is an error before the port is bound."
-    limits = limits or Limits()
+    limits, monitoring = limits or Limits(), monitoring or Monitoring()
     if not isinstance(workers, int) or workers < 1: raise AiprodError(f"workers must be a whole number above 0, got {workers!r}")
-    service = make_service(load_bundles(bundles, threads, workers), limits, api_key_from_environment(), access_logger(access_log))
+    service = make_service(load_bundles(bundles, threads, workers), limits, api_key_from_environment(), access_logger(access_log),
+                           monitoring if workers == 1 else Monitoring())  # a worker opens its own log
     draining.clear()
     if workers == 1:
         Server(uvicorn.Config(create_app(service), host=host, port=port, **_options(1, limits))).run()
         return
     del service  # each worker loads its own models
     os.environ["AIPROD_SERVE"] = json.dumps({"bundles": [str(Path(b).resolve()) for b in bundles], "limits": asdict(limits),
-                                             "access_log": access_log, "threads": threads, "workers": workers})
+                                             "access_log": access_log, "threads": threads, "workers": workers,
+                                             "monitoring": asdict(monitoring)})
     sock = socket.create_server((host, port), backlog=2048)  # bound here, so the port is known before the workers start
     _listening(*sock.getsockname()[:2])
     with tempfile.TemporaryDirectory(prefix="aiprod-metrics-") as metrics_dir:
