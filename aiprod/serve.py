@@ -4,7 +4,7 @@
 
 # %% ../nbs/06c_serve.ipynb #07c824dd
 from __future__ import annotations
-import asyncio, base64, binascii, gzip, hmac, json, logging, logging.handlers, math, os, queue, re, signal, socket, sys, tempfile, threading, time, uuid
+import asyncio, base64, binascii, gzip, hmac, json, logging, logging.handlers, math, os, queue, re, shutil, signal, socket, sys, tempfile, threading, time, uuid
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -665,22 +665,27 @@ class PredictionLog:
 
     def _write(self):
         files = {}
-        try:
-            while True:
-                batch = [self.lines.get()]
-                while len(batch) < 1024 and not self.lines.empty(): batch.append(self.lines.get_nowait())
-                texts = {}
-                for kind, line in batch:
-                    if line is not None: texts.setdefault(kind, []).append(json.dumps(line, ensure_ascii=False, default=_plain) + "\n")
-                for kind, lines in texts.items():
-                    if kind not in files: files[kind] = open(self.folder / f"{kind}-{self.name}.jsonl", "a", encoding="utf-8")
-                    files[kind].write("".join(lines)); files[kind].flush()  # in the OS's hands: a killed process keeps it
-                    self.metrics.log_lines.inc(len(lines))
-                if "predictions" in files and files["predictions"].tell() >= self.max_bytes: files.pop("predictions").close(); self._rotate()
-                if batch[-1][1] is None: return
-        except Exception: logging.getLogger("aiprod.serve").exception("the prediction log stopped: %s", self.folder)
-        finally:
-            for f in files.values(): f.close()
+        while True:
+            batch = [self.lines.get()]
+            while len(batch) < 1024 and not self.lines.empty(): batch.append(self.lines.get_nowait())
+            try: self._write_batch(batch, files)
+            except Exception:  # a full disk, say: the lines are lost (counted), the service goes on
+                logging.getLogger("aiprod.serve").exception("prediction log %s: %d lines not written", self.folder, len(batch))
+                self.metrics.log_dropped.inc(len(batch))
+            if batch[-1][1] is None: break
+        for f in files.values(): f.close()
+
+    def _write_batch(self, batch: list[tuple[str, dict | None]], files: dict):
+        texts = {}
+        for kind, line in batch:
+            if line is not None: texts.setdefault(kind, []).append(json.dumps(line, ensure_ascii=False, default=_plain) + "\n")
+        for kind, lines in texts.items():
+            if kind not in files: files[kind] = open(self.folder / f"{kind}-{self.name}.jsonl", "a", encoding="utf-8")
+            files[kind].write("".join(lines)); files[kind].flush()  # in the OS's hands: a killed process keeps it
+            self.metrics.log_lines.inc(len(lines))
+        if "predictions" in files and files["predictions"].tell() >= self.max_bytes:
+            files.pop("predictions").close()
+            self._rotate()
 
     def _rotate(self):
         current = self.folder / f"predictions-{self.name}.jsonl"

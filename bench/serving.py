@@ -100,9 +100,9 @@ def ready(process: subprocess.Popen, log: Path, check, what: str):
 
 
 @contextmanager
-def server(kind: str, bundle: Path, log: Path, body: str):
-    "A process serving `bundle` on loopback, warmed up, and its base URL; `kind` is aiprod serve or Flask. Stopped on leaving."
-    if kind == "aiprod serve": command = [BIN / "aiprod", "serve", bundle, "--port", 0, "--access-log", "off"]
+def server(kind: str, bundle: Path, log: Path, body: str, options: tuple = ()):
+    "A process serving `bundle` on loopback, warmed up, and its base URL; `kind` is aiprod serve (with `options`) or Flask. Stopped on leaving."
+    if kind == "aiprod serve": command = [BIN / "aiprod", "serve", bundle, "--port", 0, "--access-log", "off", *options]
     else:
         with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]  # werkzeug does not say which port 0 gave
         command = [sys.executable, HERE / "serving_flask.py", bundle, port]
