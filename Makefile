@@ -10,7 +10,7 @@ ARGS   ?=
 # local copies. Elsewhere they download once into ~/.cache/aiprod (checked by sha256).
 export AIPROD_DATA_DIR ?= $(abspath $(wildcard ../shared/data))
 
-.PHONY: setup report test browser lab bench quality wrk
+.PHONY: setup report test browser promtool lab bench quality wrk
 
 setup: $(BIN)/.installed
 
@@ -26,7 +26,7 @@ report: setup
 	$(BIN)/aiprod run $(ARGS)
 
 # every test: the notebooks' own (nbdev_test, slow cells included) and the end-to-end tests in tests/
-test: setup browser
+test: setup browser promtool
 	$(BIN)/nbdev_test --flags slow --n_workers 2
 	$(BIN)/pytest -q
 
@@ -35,6 +35,13 @@ browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "no chromium: the browser tests will be skipped"
+
+# promtool, which checks and unit-tests deploy/prometheus's rules (Debian's prometheus package, without the node exporter
+# it recommends; needs root and apt-get, else those tests skip)
+promtool:
+	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || \
+	  echo "no promtool: the tests of the Prometheus rules will be skipped"
 
 # JupyterLab on nbs/ with the project's kernel ("Python (aiprod)")
 lab: setup
