@@ -733,8 +733,9 @@ class DriftWatch:
         "Score the window and set the gauges, if predictions came since the last time (in a thread)."
         if self.added == self.scored or len(self.labels) < 10: return None
         self.scored = self.added
-        rows = drift_table(self.reference, {k: np.array(v, np.float64) for k, v in self.features.items()},
-                           list(self.labels), np.array(self.confidence))
+        # list() copies a deque in one step under the GIL, while the event loop goes on adding to it
+        rows = drift_table(self.reference, {k: np.array(list(v), np.float64) for k, v in self.features.items()},
+                           list(self.labels), np.array(list(self.confidence)))
         m, name, version = self.served.metrics, self.served.name, self.served.version
         for row in rows:
             m.drift_score.labels(name, version, row["feature"], row["method"]).set(row["score"])
