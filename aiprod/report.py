@@ -64,6 +64,9 @@ class Parameter:
         return found[1].strip() if found else ""
 
     @property
+    def path(self) -> bool: return self.name.endswith("_path") or self.rule == "path"  # `data_path`, or help ending `[path]`
+
+    @property
     def choices(self) -> list[str]:
         "The valid values, from `[one of: a, b]`; empty when any value will do."
         return [c.strip() for c in self.rule.removeprefix("one of:").split(",")] if self.rule.startswith("one of:") else []
@@ -110,7 +113,7 @@ def coerce(template: str, parameter: Parameter, value: Any) -> Any:
     return float(value) if kind == "float" else value
 
 def existing_path(template: str, parameter: Parameter, value: str) -> str:
-    "A `*_path` parameter's value as an absolute path that exists (empty stays empty)."
+    "A path parameter's value as an absolute path that exists (empty stays empty)."
     if not value: return value
     path = Path(value).expanduser().resolve()
     if not path.exists():
@@ -119,11 +122,11 @@ def existing_path(template: str, parameter: Parameter, value: str) -> str:
     return str(path)
 
 def _with_paths(template: str, parameter: Parameter, value: Any) -> Any:
-    "`value` with each `*_path`, itself or a key of a dict (`data_options.test_path`), made absolute: the kernel runs elsewhere."
+    "`value` with each path (a `*_path` or `[path]` parameter, or a `*_path` key of a dict: `data_options.test_path`) made absolute: the kernel runs elsewhere."
     if isinstance(value, dict):
         return {key: _with_paths(template, replace(parameter, name=f"{parameter.name}.{key}"), item) if key.endswith("_path")
                 else item for key, item in value.items()}
-    return existing_path(template, parameter, value) if parameter.name.endswith("_path") and isinstance(value, str) else value
+    return existing_path(template, parameter, value) if parameter.path and isinstance(value, str) else value
 
 _COMPARE = {"<": operator.lt, "≤": operator.le, ">": operator.gt, "≥": operator.ge}
 
