@@ -18,7 +18,8 @@ from .report import (find_template, list_runs, plan_run, resume_run, run_planned
 
 # %% auto #0
 __all__ = ['read_params_file', 'above_zero', 'parser', 'run_command', 'templates_command', 'runs_command', 'batch_command',
-           'compare_command', 'main', 'export_command', 'optimize_command', 'serve_command', 'predict_command']
+           'compare_command', 'main', 'export_command', 'optimize_command', 'serve_command', 'monitor_command',
+           'feedback_command', 'predict_command']
 
 # %% ../nbs/09_cli.ipynb #2251db67
 def read_params_file(path: str | Path, kind: str = "parameters") -> dict:
@@ -73,8 +74,14 @@ def parser() -> argparse.ArgumentParser:
     batch.add_argument("--timeout", type=above_zero(float), metavar="S", help="seconds a run may take before it is stopped and FAILED")
     batch.add_argument("--reports-dir", default="reports", help="folder of run folders and index.html (default: reports)")
     batch.add_argument("--quiet", action="store_true", help="no live progress line")
-    compare = commands.add_parser("compare", help="make a comparison report of past runs")
-    compare.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="runs to compare (see `aiprod runs`)")
+    compare = commands.add_parser("compare", help="make a comparison report of past runs; with --champion, of a served bundle "
+                                  "and a retrained run (the challenger), exported as the bundle's next version unless worse")
+    compare.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="runs to compare (see `aiprod runs`); with --champion, the challenger's run")
+    compare.add_argument("--champion", metavar="BUNDLE", help="the bundle being served: compare it with the run RUN_ID on the same test "
+                         "split (and --feedback), with McNemar's test")
+    compare.add_argument("--feedback", metavar="LOG_DIR", help="with --champion: also compare on the inputs logged with feedback labels "
+                         "(`aiprod serve --log-dir LOG_DIR --log-inputs`)")
+    compare.add_argument("--version", default="", help="with --champion: the challenger's version (default: the champion's plus one)")
     compare.add_argument("--title", default="", help="the report's title")
     compare.add_argument("--template", default="comparison", help="the comparison template (default: comparison)")
     compare.add_argument("--reports-dir", default="reports")
@@ -129,6 +136,17 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-max-mb", type=above_zero(float), default=64.0, help="rotate and gzip a log file past this size (default: 64)")
     serve.add_argument("--drift-window", type=above_zero(int), default=1000, help="latest predictions the drift gauges of /metrics "
                        "compare with the bundle's reference (default: 1000)")
+    monitor = commands.add_parser("monitor", help="a monitoring report of a served bundle's prediction log: traffic, latency, errors, "
+                                  "drift, confidence, accuracy from feedback")
+    monitor.add_argument("bundle", metavar="BUNDLE", help="the bundle served (its drift reference is the baseline)")
+    monitor.add_argument("log_dir", metavar="LOG_DIR", help="the folder of `aiprod serve --log-dir`")
+    monitor.add_argument("--since", metavar="T", help="start of the window: ISO 8601 time (UTC unless it says) or a duration back from now (24h, 7d)")
+    monitor.add_argument("--until", metavar="T", help="end of the window, in the same forms (default: now)")
+    monitor.add_argument("--reports-dir", default="reports", help="folder of run folders and index.html (default: reports)")
+    monitor.add_argument("--quiet", action="store_true", help="no per-cell progress bar")
+    feedback = commands.add_parser("feedback", help="record true labels of logged predictions from a CSV (request_id, label[, index])")
+    feedback.add_argument("log_dir", metavar="LOG_DIR", help="the folder of `aiprod serve --log-dir`")
+    feedback.add_argument("labels", metavar="LABELS_CSV", help="CSV with columns request_id and label, and index for requests of several inputs")
     return main
 
 # %% ../nbs/09_cli.ipynb #165f95da
@@ -195,7 +213,12 @@ def batch_command(args) -> int:
     return 1 if failed else 0
 
 def compare_command(args) -> int:
-    "`aiprod compare`: a comparison report of the given runs."
+    "`aiprod compare`: a comparison report of the given runs, or the champion-versus-challenger report."
+    if args.champion:
+        from aiprod.champion import compare_champion
+        if len(args.run_ids) != 1: raise AiprodError(f"--champion compares one challenger run, got {len(args.run_ids)}: {' '.join(args.run_ids)}")
+        return _report(lambda: compare_champion(args.champion, args.run_ids[0], args.feedback, args.reports_dir, args.version), args.reports_dir)
+    if args.feedback or args.version: raise AiprodError("--feedback and --version go with --champion")
     result = compare_runs(args.run_ids, args.reports_dir, args.title, args.template)
     print(f"comparison report: {Path(args.reports_dir) / result['run_id'] / 'report.html'}  ({result['status']})")
     return 0 if result["status"] == "SUCCEEDED" else 1
@@ -205,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     skip_unused_imports()
     args = parser().parse_args(argv)
     command = {"run": run_command, "batch": batch_command, "compare": compare_command,
-               "templates": templates_command, "runs": runs_command,
-               "export": export_command, "predict": predict_command, "optimize": optimize_command, "serve": serve_command}[args.command]
+               "templates": templates_command, "runs": runs_command, "export": export_command, "predict": predict_command,
+               "optimize": optimize_command, "serve": serve_command, "monitor": monitor_command, "feedback": feedback_command}[args.command]
     try: return command(args)
     except AiprodError as e:
         print(f"aiprod: error: {e}", file=sys.stderr)
@@ -237,6 +260,18 @@ def serve_command(args) -> int:
     monitoring = Monitoring(args.log_dir, args.log_inputs, args.log_max_mb, args.drift_window)
     serve(args.bundles, args.host, args.port, args.workers, limits, None if args.access_log == "off" else args.access_log,
           args.threads, monitoring)
+    return 0
+
+def monitor_command(args) -> int:
+    "`aiprod monitor`: the monitoring report of a bundle's prediction log, over a window."
+    from aiprod.monitor import monitoring_report
+    return _report(lambda: monitoring_report(args.bundle, args.log_dir, args.since, args.until, args.reports_dir, not args.quiet), args.reports_dir)
+
+def feedback_command(args) -> int:
+    "`aiprod feedback`: check every label against the log, then record them all (or none)."
+    from aiprod.monitor import import_feedback
+    out = import_feedback(args.log_dir, args.labels)
+    print(f"feedback: {sum(1 for _ in open(out, encoding='utf-8')):,} labels recorded in {out}")
     return 0
 
 def predict_command(args) -> int:
