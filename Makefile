@@ -63,6 +63,8 @@ bench: setup wrk
 	$(BIN)/python bench/predict.py
 	$(BIN)/python bench/optimization.py
 	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/prediction_log.py
+	$(BIN)/python bench/monitoring.py
 
 # every model template on its full data set against its quality target (about 40 minutes on 2 CPUs)
 quality: setup
