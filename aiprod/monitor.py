@@ -20,7 +20,7 @@ from .core import AiprodError, atomic_write, escape_markdown
 from .data import ArrayDataset
 from .loaders import _object_array
 from .predict import Predictor, load, read_manifest
-from .preprocess import InputError, Preprocessor, load_preprocessor
+from .preprocess import InputError, Preprocessor
 from .serve import log_files, raw_input
 
 # %% auto #0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast, fcntl, hashlib, html, importlib.resources, json, operator, os, re, secrets, sys, tempfile, threading, time
 from collections import Counter
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable

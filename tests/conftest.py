@@ -67,6 +67,16 @@ def finished_runs(tmp_path_factory):
     return finished
 
 
+
+@pytest.fixture(scope="session")
+def digits_bundle(finished_runs, tmp_path_factory):
+    "The session's digits CNN run exported with `aiprod export` (its drift reference included), and the run's raw test split."
+    run_dir, _, test = finished_runs("image")
+    out = tmp_path_factory.mktemp("digits-bundle") / "bundle"
+    done = run_cli("aiprod", "export", run_dir, "--out", out)
+    assert done.returncode == 0, done.stderr
+    return out, test
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(not CHROMIUM, reason="no headless Chromium on this machine (`make browser` installs it)")
 

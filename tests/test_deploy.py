@@ -10,7 +10,7 @@ from PIL import Image
 
 from aiprod.predict import load
 from aiprod.serve import Limits, create_app, make_service
-from conftest import BIN, run_cli, wait_for
+from conftest import BIN, wait_for
 
 ROOT = Path(__file__).parents[1]
 DEPLOY = ROOT / "deploy"
@@ -68,19 +68,9 @@ def container_port(deployment: dict, port) -> int:
 
 
 @pytest.fixture(scope="module")
-def bundle(finished_runs, tmp_path_factory):
-    "A bundle of the session's digits CNN run, and the run's test images: (bundle folder, images (n, 1, 8, 8) in [0, 1])."
-    run_dir, _, test = finished_runs("image")
-    out = tmp_path_factory.mktemp("deploy") / "bundle"
-    done = run_cli("aiprod", "export", run_dir, "--out", out)
-    assert done.returncode == 0, done.stderr
-    return out, test.x
-
-
-@pytest.fixture(scope="module")
-def routes(bundle) -> dict[str, set[str]]:
+def routes(digits_bundle) -> dict[str, set[str]]:
     "The served app's paths → their HTTP methods, from its OpenAPI schema."
-    app = create_app(make_service([load(bundle[0])]))
+    app = create_app(make_service([load(digits_bundle[0])]))
     return {path: set(methods) for path, methods in app.openapi()["paths"].items()}
 
 
@@ -207,8 +197,8 @@ def png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def test_container_command_serves_the_bundle_and_drains_on_sigterm(bundle, tmp_path):
-    folder, images = bundle
+def test_container_command_serves_the_bundle_and_drains_on_sigterm(digits_bundle, tmp_path):
+    folder, images = digits_bundle[0], digits_bundle[1].x
     built = image()
     command, healthcheck = built["command"], built["healthcheck"]
     assert command[:2] == ["aiprod", "serve"] and built["volume"] in command

@@ -1,9 +1,8 @@
 """`aiprod monitor` over what a real `aiprod serve --log-dir --log-inputs` logged: the digits test split replayed as it is,
 inverted and blurred, each in a window of its own (--since, --until); drift flagged on the features that moved and only
 there; true labels imported with `aiprod feedback`, its errors naming the line; a last line cut short by a kill skipped."""
-import base64, csv, io, json, time
+import base64, csv, json, time
 from datetime import datetime, timezone
-from pathlib import Path
 from types import SimpleNamespace
 
 import httpx

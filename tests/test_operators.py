@@ -11,7 +11,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aiprod.predict import load
 from aiprod.serve import OPEN_PATHS, create_app, make_service
-from conftest import run_cli
 from test_serve import b64, png, serving
 
 ROOT = Path(__file__).parents[1]
@@ -117,18 +116,8 @@ def test_dashboard_reads_prometheus_through_its_variables():
             "aiprod_drift_score", "aiprod_prediction_log_dropped_total", "aiprod_feedback_total", "aiprod_model_info"} <= drawn
 
 
-@pytest.fixture(scope="module")
-def bundle(finished_runs, tmp_path_factory):
-    "A bundle of the session's digits CNN run, and PNG files of 16 of its test images."
-    run_dir, _, test = finished_runs("image")
-    out = tmp_path_factory.mktemp("operators") / "bundle"
-    done = run_cli("aiprod", "export", run_dir, "--out", out)
-    assert done.returncode == 0, done.stderr
-    return out, [png(x) for x in test.x[:16]]
-
-
-def test_endpoint_patterns_pick_out_the_prediction_routes_and_leave_out_probes_and_scrapes(bundle):
-    paths = create_app(make_service([load(bundle[0])])).openapi()["paths"]
+def test_endpoint_patterns_pick_out_the_prediction_routes_and_leave_out_probes_and_scrapes(digits_bundle):
+    paths = create_app(make_service([load(digits_bundle[0])])).openapi()["paths"]
     predictions = {path for path, methods in paths.items() if "post" in methods and re.search(r"/(predict|infer)$", path)}
     assert "/predict" in predictions and len(predictions) >= 3  # /predict and the V2 protocol's infer routes
     for pattern in endpoint_patterns("=~"):  # Prometheus's patterns are anchored at both ends, as fullmatch is
@@ -137,8 +126,8 @@ def test_endpoint_patterns_pick_out_the_prediction_routes_and_leave_out_probes_a
         assert {path for path in paths if re.fullmatch(pattern, path)} == OPEN_PATHS, pattern
 
 
-def test_a_real_server_exposes_every_metric_and_label_the_rules_and_dashboard_name(bundle, tmp_path):
-    folder, images = bundle
+def test_a_real_server_exposes_every_metric_and_label_the_rules_and_dashboard_name(digits_bundle, tmp_path):
+    folder, images = digits_bundle[0], [png(x) for x in digits_bundle[1].x[:16]]
     used = [(name, labels) for expr in queries().values() for name, labels in selectors(expr)]
     used.append(("aiprod_model_info", {"model"}))  # the dashboard's `model` variable
     grouped = {label for expr in queries().values() for label in grouping_labels(expr)} - SCRAPE_LABELS

@@ -6,20 +6,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 from PIL import Image
 
-from aiprod import export
 from aiprod.serve import log_files
 from conftest import wait_for
 from test_serve import metric, post_all, serving
-
-
-@pytest.fixture(scope="module")
-def digits(finished_runs, tmp_path_factory):
-    "A bundle of the small digits run (with its drift reference) and its raw test split."
-    run_dir, record, test = finished_runs("image")
-    return export.export_run(run_dir, tmp_path_factory.mktemp("log") / "bundle"), test
 
 
 def png(image: np.ndarray) -> str:
@@ -40,8 +31,8 @@ def logged(folder: Path) -> list[dict]:
     return lines
 
 
-def test_rotated_log_keeps_every_prediction_once(digits, tmp_path):
-    bundle, test = digits
+def test_rotated_log_keeps_every_prediction_once(digits_bundle, tmp_path):
+    bundle, test = digits_bundle
     with serving(bundle, "--log-dir", tmp_path, "--log-max-mb", "0.02", "--access-log", "off") as server:
         bodies = [{"inputs": [png(x) for x in test.x[i:i + 4]]} for i in range(0, 240, 4)]
         answers = [r for batch in range(0, len(bodies), 8) for r in post_all(server.url + "/predict", bodies[batch:batch + 8])]
@@ -53,9 +44,9 @@ def test_rotated_log_keeps_every_prediction_once(digits, tmp_path):
     assert sorted((l["request_id"], l["index"], l["label"]) for l in lines) == sent
 
 
-def test_kill_loses_at_most_the_last_lines(digits, tmp_path):
+def test_kill_loses_at_most_the_last_lines(digits_bundle, tmp_path):
     "SIGKILL during traffic from 32 clients: every prediction answered before the kill is logged, but those of the last moment."
-    bundle, test = digits
+    bundle, test = digits_bundle
     bodies = [{"inputs": [png(x)]} for x in test.x[:32]]
     answered, stop = {}, threading.Event()  # request id → when its round of 32 came back
     with serving(bundle, "--log-dir", tmp_path, "--access-log", "off") as server:
@@ -76,8 +67,8 @@ def test_kill_loses_at_most_the_last_lines(digits, tmp_path):
     assert all(killed - answered[i] < 1 for i in lost), sorted(killed - answered[i] for i in lost)  # the writer flushes every 0.2 s
 
 
-def test_drift_gauges_flag_shifted_traffic(digits, tmp_path):
-    bundle, test = digits
+def test_drift_gauges_flag_shifted_traffic(digits_bundle, tmp_path):
+    bundle, test = digits_bundle
     with serving(bundle, "--log-dir", tmp_path, "--access-log", "off") as plain, \
          serving(bundle, "--access-log", "off") as inverted:
         for server, images in ((plain, test.x), (inverted, 1 - test.x)):
