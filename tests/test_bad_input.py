@@ -97,7 +97,7 @@ def test_template_choices_are_registered():
     checked = 0
     for name in ("image_classification", "text_classification", "audio_classification", "data_report"):
         for p in template_parameters(TEMPLATES / f"{name}.ipynb").values():
-            assert not p.rule or p.choices or p.bounds, f"{name}.{p.name}: unreadable rule [{p.rule}]"
+            assert not p.rule or p.choices or p.bounds or p.path, f"{name}.{p.name}: unreadable rule [{p.rule}]"
             if p.name in registered:
                 assert p.choices and set(p.choices) <= set(registered[p.name]), (name, p.name, p.choices)
                 checked += 1
