@@ -16,7 +16,7 @@ def test_default_run_writes_every_file(default_run):
     assert re.fullmatch(r"\d{8}-\d{6}-image_classification-[0-9a-f]{6}", run_dir.name)
     names = {p.name for p in run_dir.iterdir()}
     assert names == {"report.html", "notebook.ipynb", "params.yaml", "metrics.json", "history.csv", "model.safetensors",
-                     "preprocessing", "input_example.npy", "training.log", "tensorboard"}  # no checkpoint: the fit finished
+                     "preprocessing", "input_example.npy", "reference.json", "training.log", "tensorboard"}  # no checkpoint: the fit finished
 
 
 def test_default_run_reaches_target_accuracy(default_run):
