@@ -129,11 +129,11 @@ def mcnemar(
 # %% ../nbs/06e_champion.ipynb #f9991508
 def accuracy_interval(correct: np.ndarray) -> dict:
     "Accuracy of (n,) bool outcomes with its 95% Wilson score interval."
-    from scipy.stats import binomtest
+    from aiprod.monitor import wilson
     correct = np.asarray(correct, bool)
     if not len(correct): return {"n": 0, "accuracy": None, "low": None, "high": None}
-    interval = binomtest(int(correct.sum()), len(correct)).proportion_ci(0.95, method="wilson")
-    return {"n": len(correct), "accuracy": float(correct.mean()), "low": float(interval.low), "high": float(interval.high)}
+    low, high = wilson(correct.sum(), len(correct))
+    return {"n": len(correct), "accuracy": float(correct.mean()), "low": low, "high": high}
 
 def score(
     predictor,              # a loaded bundle, from `aiprod.predict.load`

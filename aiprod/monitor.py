@@ -21,7 +21,7 @@ from .data import ArrayDataset
 from .loaders import _object_array
 from .predict import Predictor, load, read_manifest
 from .preprocess import InputError, Preprocessor
-from .serve import log_files, raw_input
+from .serve import log_files, log_time, raw_input
 
 # %% auto #0
 __all__ = ['PERCENTILES', 'MAX_ERROR_RATE', 'MAX_P99_MS', 'parse_time', 'window', 'utc_text', 'LogWindow', 'rotated_at',
@@ -280,7 +280,7 @@ def import_feedback(
     out = Path(log_dir) / f"feedback-{now:%Y%m%dT%H%M%S%f}.jsonl"
     with atomic_write(out) as f:
         for _, row, (request, index, (model, version)) in rows:
-            f.write(json.dumps({"time": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "request_id": request, "index": index, "model": model,
+            f.write(json.dumps({"time": log_time(now.timestamp()), "request_id": request, "index": index, "model": model,
                                 "version": version, "label": row["label"].strip(), "source": path.name}, ensure_ascii=False) + "\n")
     return out
 

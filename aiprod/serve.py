@@ -36,8 +36,8 @@ __all__ = ['STATUSES', 'SECONDS', 'SIZES', 'CONFIDENCE', 'DATA_URL', 'TOKENS_PER
            'api_key_from_environment', 'key_matches', 'Metrics', 'raw_input', 'Pending', 'length_groups', 'ServedModel',
            'PredictRequest', 'Prediction', 'PredictResponse', 'ErrorResponse', 'FeedbackRequest', 'Feedback',
            'MetadataTensor', 'InferTensor', 'RequestedOutput', 'InferRequest', 'InferResponse', 'ModelMetadata',
-           'validation_error', 'predict_inputs', 'tensor_inputs', 'Gate', 'respond', 'access_logger', 'log_files',
-           'PredictionLog', 'DriftWatch', 'watch_drift', 'Service', 'make_service', 'create_app', 'Server',
+           'validation_error', 'predict_inputs', 'tensor_inputs', 'Gate', 'respond', 'access_logger', 'log_time',
+           'log_files', 'PredictionLog', 'DriftWatch', 'watch_drift', 'Service', 'make_service', 'create_app', 'Server',
            'load_bundles', 'app_from_environment', 'serve']
 
 # %% ../nbs/06c_serve.ipynb #dc9d9de5
@@ -550,7 +550,7 @@ class Gate:
                     "path": scope["path"], "status": status, "latency_ms": round(seconds * 1000, 3),
                     **{k: state[k] for k in ("model", "version", "inputs", "batch_size") if k in state}}))
             if service.log and status >= 400 and PREDICTION_PATH.match(scope["path"]):
-                service.log.put("predictions", {"time": _utc(time.time()), "request_id": request_id, "model": state.get("model"),
+                service.log.put("predictions", {"time": log_time(time.time()), "request_id": request_id, "model": state.get("model"),
                                                 "version": state.get("version"), "status": status, "latency_ms": round(seconds * 1000, 3),
                                                 "error": state.get("error")})
 
@@ -605,21 +605,20 @@ LOG_QUEUE = 10_000  # lines waiting for the log's writer; past it, lines are dro
 RECENT = 100_000    # request ids the service remembers for /feedback; older ones are looked up in the log files
 FLUSH_EVERY = 0.2   # seconds between the writer's batches: waking for every line would take the GIL from requests (0.85x → 1x)
 
-def _utc(seconds: float) -> str:
+def log_time(seconds: float) -> str:
     "ISO 8601 time in UTC, to the microsecond: 2026-12-02T15:19:08.123456Z."
     return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 def _plain(value):
     "JSON of what the writer meets beyond JSON's types: files sent as base64, arrays as lists of 6-digit floats."
     if isinstance(value, np.ndarray): return np.round(value.astype(np.float64), 6).tolist()
-    if isinstance(value, np.generic): return round(value.item(), 6)
     if isinstance(value, (bytes, bytearray, memoryview)): return base64.b64encode(value).decode()
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 def _prediction_lines(request_id: str, seconds: float, latency_ms: float, served: ServedModel, items: list | None,
                       probs: np.ndarray, summaries: dict[str, np.ndarray]) -> Iterator[dict]:
     "The log lines of a request's predictions: one per input (made in the writer's thread, off the request path)."
-    now, classes, columns = _utc(seconds), served.predictor.classes, {name: values.tolist() for name, values in summaries.items()}
+    now, classes, columns = log_time(seconds), served.predictor.classes, {name: values.tolist() for name, values in summaries.items()}
     for i, (k, row) in enumerate(zip(probs.argmax(1).tolist(), probs.tolist())):
         line = {"time": now, "request_id": request_id, "index": i, "model": served.name, "version": served.version, "status": 200,
                 "latency_ms": latency_ms, "label": classes[k], "probability": round(row[k], 6), "probabilities": [round(p, 6) for p in row],
@@ -989,7 +988,7 @@ def create_app(
             classes = json.loads((service.log.folder / "models" / f"{name}-{version}.json").read_text(encoding="utf-8"))["classes"]
             if body.label not in classes:
                 raise InvalidRequest(f"label: {body.label!r} is not a class of {name} {version}; classes: {', '.join(classes)}", "label")
-            line = {"time": _utc(time.time()), **body.model_dump(), "model": name, "version": version, "source": "api"}
+            line = {"time": log_time(time.time()), **body.model_dump(), "model": name, "version": version, "source": "api"}
             service.log.put("feedback", line)
             service.metrics.feedback.labels(name, version).inc()
             return _json({k: line[k] for k in Feedback.model_fields}, 201)

@@ -2,7 +2,6 @@
 inverted and blurred, each in a window of its own (--since, --until); drift flagged on the features that moved and only
 there; true labels imported with `aiprod feedback`, its errors naming the line; a last line cut short by a kill skipped."""
 import base64, csv, json, time
-from datetime import datetime, timezone
 from types import SimpleNamespace
 
 import httpx
@@ -11,13 +10,11 @@ import pytest
 from PIL import Image, ImageFilter
 
 from aiprod import export
+from aiprod.serve import log_time
 from conftest import run_cli
 from test_serve import png, serving
 
 BATCH = 8  # inputs per request
-
-
-def utc(seconds: float) -> str: return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def blurred(x: np.ndarray) -> np.ndarray:
@@ -52,10 +49,10 @@ def traffic(finished_runs, tmp_path_factory):
             answers[phase] = replay(client, xs, phase)
             if phase == "as-is":  # two requests that fail
                 for n in range(2): assert client.post("/predict", json={"inputs": ["not base64!"]}).status_code == 422
-            windows[phase] = (utc(start), utc(time.time()))
+            windows[phase] = (log_time(start), log_time(time.time()))
             time.sleep(0.01)
     [current] = logs.glob("predictions-*.jsonl")
-    with open(current, "a") as f: f.write('{"time": "' + utc(time.time()) + '", "request_id": "killed", "ind')  # a kill mid-line
+    with open(current, "a") as f: f.write('{"time": "' + log_time(time.time()) + '", "request_id": "killed", "ind')  # a kill mid-line
     return SimpleNamespace(bundle=bundle, logs=logs, windows=windows, answers=answers, test=test, folder=folder)
 
 
